@@ -1,0 +1,176 @@
+"""Elastic inverted-residual block (MBConv), elastic stage (depth) and exit head.
+
+Each takes its architecture as a `forward` argument — concrete values or `Mix`es — and can
+return a static copy of itself at a concrete setting (`static`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.layers import DropPath, create_act_layer, make_divisible
+from torch import nn
+
+from supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
+from supernet.mix import Choice, Mix, apply_width, combine, mix_outputs
+from supernet.quant import ActQuantizer
+
+
+def mid_channels(in_width: Choice, expand: Choice, divisor: int) -> Choice:
+    """Expanded (hidden) channels of a block: ``make_divisible(in × expand)``, as in timm."""
+    return combine(in_width, expand, lambda w, e: make_divisible(w * e, divisor))
+
+
+@dataclass(frozen=True)
+class BlockChoice:
+    """What one block runs: hidden and output widths, kernel, weight and activation bits."""
+
+    mid: Choice
+    out: Choice
+    kernel: Choice
+    wbits: Choice
+    abits: Choice
+
+
+@dataclass(frozen=True)
+class StageChoice:
+    """One stage's decisions, each a concrete value or a `Mix`."""
+
+    width: Choice
+    depth: Choice
+    expand: Choice
+    kernel: Choice
+    wbits: Choice
+    abits: Choice
+
+
+class ElasticInvertedResidual(nn.Module):
+    """quant → 1×1 expand → BN → act → quant → k×k depthwise → BN → act → quant → 1×1 project → BN.
+
+    Every conv's weight is fake-quantized to ``wbits``; every conv input to ``abits``. The
+    shortcut exists only for blocks after a stage's first, so it never depends on the widths.
+    """
+
+    def __init__(self, in_max: int, mid_max: int, out_max: int, kernel_max: int, stride: int,
+                 act: str, weight_bits: tuple[int, ...], act_bits: tuple[int, ...],
+                 residual: bool, drop_path: float = 0.0):
+        super().__init__()
+        self.residual = residual
+        self.quant_in, self.quant_mid, self.quant_dw = (ActQuantizer(act_bits) for _ in range(3))
+        self.conv_pw = ElasticConv2d(in_max, mid_max, 1)
+        self.bn1 = ElasticBatchNorm2d(mid_max)
+        self.conv_dw = ElasticConv2d(mid_max, mid_max, kernel_max, stride, depthwise=True)
+        self.bn2 = ElasticBatchNorm2d(mid_max)
+        self.conv_pwl = ElasticConv2d(mid_max, out_max, 1)
+        self.bn3 = ElasticBatchNorm2d(out_max)
+        nn.init.zeros_(self.bn3.weight)  # residual blocks start as identity
+        if not residual:
+            nn.init.ones_(self.bn3.weight)
+        self.act_name = act
+        self.act = create_act_layer(act)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, c: BlockChoice) -> torch.Tensor:
+        shortcut = x
+        x = self.quant_in(x, c.abits)
+        x = apply_width(self.act(self.bn1(self.conv_pw(x, c.mid, 1, c.wbits))), c.mid)
+        x = self.quant_mid(x, c.abits)
+        x = apply_width(self.act(self.bn2(self.conv_dw(x, c.mid, c.kernel, c.wbits))), c.mid)
+        x = self.quant_dw(x, c.abits)
+        x = apply_width(self.bn3(self.conv_pwl(x, c.out, 1, c.wbits)), c.out)
+        return shortcut + self.drop_path(x) if self.residual else x
+
+    def static(self, cin: int, c: BlockChoice) -> StaticInvertedResidual:
+        mid, out, k, wb, ab = (int(v) for v in (c.mid, c.out, c.kernel, c.wbits, c.abits))
+        return StaticInvertedResidual(
+            quant_in=self.quant_in.static(ab),
+            conv_pw=self.conv_pw.static(cin, mid, 1, wb), bn1=self.bn1.static(mid),
+            quant_mid=self.quant_mid.static(ab),
+            conv_dw=self.conv_dw.static(mid, mid, k, wb), bn2=self.bn2.static(mid),
+            quant_dw=self.quant_dw.static(ab),
+            conv_pwl=self.conv_pwl.static(mid, out, 1, wb), bn3=self.bn3.static(out),
+            act=create_act_layer(self.act_name), residual=self.residual,
+        )
+
+
+class StaticInvertedResidual(nn.Module):
+    """The extracted block: plain convs with baked quantized weights and frozen quantizers."""
+
+    def __init__(self, *, quant_in, conv_pw, bn1, quant_mid, conv_dw, bn2, quant_dw, conv_pwl,
+                 bn3, act, residual: bool):
+        super().__init__()
+        self.quant_in, self.conv_pw, self.bn1 = quant_in, conv_pw, bn1
+        self.quant_mid, self.conv_dw, self.bn2 = quant_mid, conv_dw, bn2
+        self.quant_dw, self.conv_pwl, self.bn3 = quant_dw, conv_pwl, bn3
+        self.act, self.residual = act, residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act(self.bn1(self.conv_pw(self.quant_in(x))))
+        x = self.act(self.bn2(self.conv_dw(self.quant_mid(x))))
+        x = self.bn3(self.conv_pwl(self.quant_dw(x)))
+        return shortcut + x if self.residual else x
+
+
+class ElasticStage(nn.Module):
+    """A stack of blocks sharing width, expand ratio, kernel and bits; depth picks a prefix.
+
+    A `Mix` of depths runs every block and returns the probability-weighted sum of the outputs
+    at each candidate depth.
+    """
+
+    def __init__(self, in_widths: tuple[int, ...], spec, act: str, divisor: int,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.divisor = divisor
+        out_max = spec.widths[-1]
+        blocks = []
+        for j in range(spec.depths[-1]):
+            ins = in_widths if j == 0 else spec.widths
+            mid_max = max(make_divisible(w * e, divisor) for w in ins for e in spec.expand_ratios)
+            blocks.append(ElasticInvertedResidual(
+                max(ins), mid_max, out_max, spec.kernel_sizes[-1], spec.stride if j == 0 else 1,
+                act, spec.weight_bits, spec.act_bits, residual=j > 0, drop_path=drop_path,
+            ))
+        self.blocks = nn.ModuleList(blocks)
+
+    def block_choices(self, in_width: Choice, c: StageChoice) -> list[BlockChoice]:
+        """The setting of every block that runs (all of them under a `Mix` of depths)."""
+        n = len(self.blocks) if isinstance(c.depth, Mix) else int(c.depth)
+        return [
+            BlockChoice(mid_channels(in_width if j == 0 else c.width, c.expand, self.divisor),
+                        c.width, c.kernel, c.wbits, c.abits)
+            for j in range(n)
+        ]
+
+    def forward(self, x: torch.Tensor, in_width: Choice, c: StageChoice) -> torch.Tensor:
+        outputs = []
+        for block, bc in zip(self.blocks, self.block_choices(in_width, c), strict=False):
+            x = block(x, bc)
+            outputs.append(x)
+        if isinstance(c.depth, Mix):
+            return mix_outputs(c.depth, [outputs[int(d) - 1] for d in c.depth.values])
+        return x
+
+    def static(self, in_width: int, c: StageChoice) -> nn.Sequential:
+        blocks, cin = [], in_width
+        for block, bc in zip(self.blocks, self.block_choices(in_width, c), strict=False):
+            blocks.append(block.static(cin, bc))
+            cin = int(bc.out)
+        return nn.Sequential(*blocks)
+
+
+class ExitHead(nn.Module):
+    """Global average pool → linear classifier over the stage's active channels."""
+
+    def __init__(self, in_max: int, num_classes: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = ElasticLinear(in_max, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x).flatten(1))
+
+    def static(self, cin: int) -> nn.Sequential:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self.fc.static(cin))
