@@ -6,6 +6,7 @@ return a static copy of itself at a concrete setting (`static`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -173,4 +174,5 @@ class ExitHead(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
     def static(self, cin: int) -> nn.Sequential:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self.fc.static(cin))
+        layers = {"pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten(1), "fc": self.fc.static(cin)}
+        return nn.Sequential(OrderedDict(layers))

@@ -1,14 +1,17 @@
-"""The layer list of a concrete member, computed from the space alone (no weights).
+"""The layers of the supernet, described analytically from the space alone (no weights).
 
-It is the analytic description of what `extract` builds — each conv and linear layer with its
-shape, stride, input size and bits — used to count parameters and to enumerate cost signatures.
+Each `LayerSlot` is a layer position: the decisions that shape it and the conditions under which
+it runs (its stage's depth and the exit). `describe_layers` lists the layers of one concrete
+member — what `extract` builds — to count parameters; cost models enumerate a slot's shapes
+over its decisions' choices and weigh it by the probability that it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from supernet.arch import ArchConfig
+from supernet.arch import ArchConfig, Number
 from supernet.blocks import mid_channels
 from supernet.quant import FLOAT_BITS
 from supernet.space import SearchSpace
@@ -46,33 +49,76 @@ class LayerShape:
         return self.weight_count + extra + bias
 
 
+@dataclass(frozen=True)
+class LayerSlot:
+    """A layer position: ``build(values)`` gives its shape from the values of ``shape_keys``;
+    it runs when ``values[key] >= minimum`` for every ``(key, minimum)`` in ``runs_if``."""
+
+    name: str
+    shape_keys: tuple[str, ...]
+    runs_if: tuple[tuple[str, int], ...]
+    build: Callable[[Mapping[str, Number]], LayerShape]
+
+    def runs(self, values: Mapping[str, Number]) -> bool:
+        return all(values[k] >= m for k, m in self.runs_if)
+
+
+def layer_slots(space: SearchSpace) -> list[LayerSlot]:
+    """Every layer position of the supernet, in execution order."""
+    stem = space.stem
+    stem_layer = LayerShape("stem", "conv", space.input_channels, stem.channels, stem.kernel,
+                            stem.stride, space.input_size)
+    slots = [LayerSlot("stem", (), (), lambda v, s=stem_layer: s)]
+    size = stem_layer.out_size
+    for i, st in enumerate(space.stages, 1):
+        p = f"stage{i}."
+        bits_keys = (p + "wbits", p + "abits")
+        in_src = space.stage_in_width(i)
+        for j in range(st.depths[-1]):
+            cin_key = in_src if j == 0 else p + "width"
+            stride = st.stride if j == 0 else 1
+            runs = ((p + "depth", j + 1), ("exit", i))
+            mid_keys = tuple(k for k in (cin_key, p + "expand") if isinstance(k, str))
+            for op, keys, out_size in (
+                ("pw", mid_keys, size),
+                ("dw", mid_keys + (p + "kernel",), size),
+                ("pwl", mid_keys + (p + "width",), -(-size // stride)),
+            ):
+                slots.append(LayerSlot(
+                    f"{p}block{j + 1}.{op}", keys + bits_keys, runs,
+                    _block_layer_builder(space, f"{p}block{j + 1}.{op}", op, cin_key, p,
+                                         stride, size if op != "pwl" else out_size),
+                ))
+            size = -(-size // stride)
+        if i in space.exit_stages:
+            slots.append(LayerSlot(
+                f"exit{i}.fc", (p + "width",), (("exit", i),),
+                lambda v, k=p + "width", n=f"exit{i}.fc", s=size: LayerShape(
+                    n, "linear", int(v[k]), space.num_classes, 0, 1, s, batch_norm=False),
+            ))
+    return slots
+
+
+def _block_layer_builder(space: SearchSpace, name: str, op: str, cin_key: str | int, p: str,
+                         stride: int, in_size: int) -> Callable[[Mapping[str, Number]], LayerShape]:
+    def build(v: Mapping[str, Number]) -> LayerShape:
+        cin = int(v[cin_key]) if isinstance(cin_key, str) else cin_key
+        mid = int(mid_channels(cin, v[p + "expand"], space.channel_divisor))
+        bits = {"weight_bits": int(v[p + "wbits"]), "act_bits": int(v[p + "abits"])}
+        if op == "pw":
+            return LayerShape(name, "conv", cin, mid, 1, 1, in_size, **bits)
+        if op == "dw":
+            return LayerShape(name, "dwconv", mid, mid, int(v[p + "kernel"]), stride, in_size,
+                              **bits)
+        return LayerShape(name, "conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits)
+
+    return build
+
+
 def describe_layers(space: SearchSpace, arch: ArchConfig) -> list[LayerShape]:
     """Every conv and linear layer that runs in member ``arch``, in execution order."""
-    a = space.validate(arch)
-    stem = space.stem
-    layers = [LayerShape("stem", "conv", space.input_channels, stem.channels, stem.kernel,
-                         stem.stride, space.input_size)]
-    size, cin = layers[0].out_size, stem.channels
-    for i in range(1, int(a["exit"]) + 1):
-        p = f"stage{i}."
-        st = space.stages[i - 1]
-        width, k = int(a[p + "width"]), int(a[p + "kernel"])
-        bits = {"weight_bits": int(a[p + "wbits"]), "act_bits": int(a[p + "abits"])}
-        for j in range(int(a[p + "depth"])):
-            mid = int(mid_channels(cin, a[p + "expand"], space.channel_divisor))
-            stride = st.stride if j == 0 else 1
-            name = f"{p}block{j + 1}."
-            layers += [
-                LayerShape(name + "pw", "conv", cin, mid, 1, 1, size, **bits),
-                LayerShape(name + "dw", "dwconv", mid, mid, k, stride, size, **bits),
-            ]
-            size = layers[-1].out_size
-            layers.append(LayerShape(name + "pwl", "conv", mid, width, 1, 1, size, **bits))
-            cin = width
-        if i in space.exit_stages:
-            layers.append(LayerShape(f"exit{i}.fc", "linear", width, space.num_classes, 0, 1,
-                                     size, batch_norm=False))
-    return layers
+    values = space.validate(arch)
+    return [slot.build(values) for slot in layer_slots(space) if slot.runs(values)]
 
 
 def count_params(space: SearchSpace, arch: ArchConfig) -> int:

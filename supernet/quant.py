@@ -29,7 +29,7 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     dims = tuple(range(1, w.dim()))
     scale = w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
-    return round_ste(w / scale).clamp(-qmax, qmax) * scale
+    return round_ste(w / scale) * scale  # |w / scale| <= qmax by construction: no clipping
 
 
 def mixed_weight(w: torch.Tensor, bits: Choice) -> torch.Tensor:
