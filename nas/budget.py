@@ -1,0 +1,105 @@
+"""Budget losses on the expected cost E[cost] of the architecture distribution.
+
+- ``hinge``: ``λ·max(0, E/B − 1)`` — no pressure once under budget.
+- ``fbnet``: FBNet's multiplicative form ``CE·α·log(E)^β``, here on the budget-normalised cost
+  ``log₂(1 + E/B)`` so it is defined for any unit and equals ``CE·α`` on budget.
+- ``lagrangian``: ``λ·(E/B − 1)`` with λ updated by dual ascent after every α step,
+  ``λ ← max(0, λ + η(E/B − 1))``: λ grows while over budget and shrinks while under, a
+  feedback controller that lands E[cost] on the budget without hand-tuning λ.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from costmodels import ExpectedCost
+from supernet import SearchSpace
+
+LossKind = Literal["lagrangian", "hinge", "fbnet"]
+
+
+@dataclass
+class BudgetSpec:
+    """One budget: a cost-table metric and its limit.
+
+    Give ``target`` in the metric's units (ms, mJ, bytes…) or ``fraction`` of the largest
+    member's table cost. ``weight`` is λ for hinge, the initial λ for the Lagrangian, and α for
+    FBNet; ``dual_lr`` is the Lagrangian's η; ``beta`` is FBNet's exponent.
+    """
+
+    metric: str = "latency_ms"
+    target: float | None = None
+    fraction: float | None = 0.5
+    loss: LossKind = "lagrangian"
+    weight: float = 1.0
+    dual_lr: float = 0.5
+    beta: float = 0.6
+
+
+class BudgetLoss(nn.Module):
+    """The penalty of one budget; ``lam`` is a buffer so it is checkpointed and rank-identical."""
+
+    def __init__(self, spec: BudgetSpec, space: SearchSpace, expected: ExpectedCost):
+        super().__init__()
+        if spec.loss not in ("lagrangian", "hinge", "fbnet"):
+            raise ValueError(f"budget.loss: must be lagrangian, hinge or fbnet, got {spec.loss!r}")
+        self.spec, self.expected = spec, expected
+        self.smallest_cost = expected.concrete(space.smallest())
+        self.largest_cost = expected.concrete(space.largest())
+        self.budget = resolve_target(spec, self.smallest_cost, self.largest_cost)
+        self.register_buffer("lam", torch.tensor(float(spec.weight), dtype=torch.float64))
+
+    @property
+    def name(self) -> str:
+        return self.spec.metric
+
+    def ratio(self, probs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[cost], E[cost] / budget), both differentiable in ``probs``."""
+        cost = self.expected(probs)
+        return cost, cost / self.budget
+
+    def penalty(self, task_loss: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """The term added to the architecture loss."""
+        r = ratio.to(task_loss.dtype)
+        if self.spec.loss == "hinge":
+            return self.lam.to(r) * torch.relu(r - 1)
+        if self.spec.loss == "lagrangian":
+            return self.lam.to(r) * (r - 1)
+        factor = self.spec.weight * torch.log2(1 + r) ** self.spec.beta
+        return task_loss * (factor - 1)  # task + this = CE·α·log(E)^β
+
+    @torch.no_grad()
+    def dual_update(self, ratio: torch.Tensor) -> None:
+        """Dual ascent on λ (Lagrangian only); pass the ratio all-reduced over ranks."""
+        if self.spec.loss == "lagrangian":
+            step = self.spec.dual_lr * (float(ratio) - 1)
+            self.lam.copy_((self.lam + step).clamp_min(0.0))
+
+
+def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:
+    """The budget in metric units; infeasible budgets fail here, before any training."""
+    if (spec.target is None) == (spec.fraction is None):
+        raise ValueError(f"budget for {spec.metric}: give exactly one of target (in the metric's "
+                         f"units) or fraction (of the largest member's cost); got "
+                         f"target={spec.target}, fraction={spec.fraction}")
+    budget = spec.target if spec.target is not None else spec.fraction * largest
+    if not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"budget for {spec.metric}: must be positive, got {budget}")
+    if budget < smallest:
+        raise ValueError(
+            f"budget for {spec.metric} is infeasible: {budget:.6g} is below the smallest "
+            f"member's cost {smallest:.6g} (the largest costs {largest:.6g}); raise the budget "
+            f"or shrink the space")
+    if budget >= largest:
+        warnings.warn(
+            f"budget for {spec.metric} ({budget:.6g}) is at or above the largest member's cost "
+            f"{largest:.6g} (smallest {smallest:.6g}): it will not constrain the search",
+            stacklevel=2)
+    return float(budget)

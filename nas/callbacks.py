@@ -1,0 +1,76 @@
+"""Callbacks for the search's side concerns: the temperature schedule and α's history plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytorch_lightning as L
+
+from nas.search import SupernetSearch
+
+
+class TemperatureSchedule(L.Callback):
+    """Sets ``module.tau`` each epoch: exponential from ``tau_start`` to ``tau_end`` over the
+    epochs after warm-up. Derived from the epoch alone, so a resumed run gets the same τ."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        hp = module.hparams
+        done = max(trainer.current_epoch - hp.warmup_epochs, 0)
+        span = max((trainer.max_epochs or 1) - hp.warmup_epochs - 1, 1)
+        frac = min(done / span, 1.0)
+        module.tau = hp.tau_start * math.exp(math.log(hp.tau_end / hp.tau_start) * frac)
+
+
+class AlphaHistory(L.Callback):
+    """Records softmax(α) per decision at every epoch end; at fit end writes ``alpha.json`` and
+    ``alpha.png`` (one panel per decision, one line per choice) into the log directory."""
+
+    def __init__(self, out_dir: str | None = None):
+        self.out_dir = out_dir
+        self.history: list[dict[str, list[float]]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        self.history.append({k: p.tolist() for k, p in module.arch.probs().items()})
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = state.get("history", [])
+
+    def on_fit_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        if not trainer.is_global_zero or not self.history:
+            return
+        out = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "alpha.json").write_text(json.dumps(self.history))
+        plot_alpha(self.history, module.search_space, out / "alpha.png")
+
+
+def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decisions = [d for d in space.decisions if len(d.choices) > 1]
+    cols = 4
+    rows = math.ceil(len(decisions) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False)
+    epochs = range(1, len(history) + 1)
+    for ax, d in zip(axes.flat, decisions, strict=False):
+        for i, choice in enumerate(d.choices):
+            ax.plot(epochs, [h[d.key][i] for h in history], label=str(choice))
+        ax.set_title(d.key, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in axes.flat[len(decisions):]:
+        ax.axis("off")
+    fig.supxlabel("epoch")
+    fig.supylabel("P(choice)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,85 @@
+"""The `hwnas` command: one subcommand per user task, registered in `COMMANDS`.
+
+Each subcommand parses its own arguments (so `search` can hand them to LightningCLI untouched)
+and imports its heavy dependencies only when it runs, which keeps `hwnas --help` instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: one help line, and a function of its argv returning an exit code."""
+
+    help: str
+    run: Callable[[list[str]], int | None]
+
+
+def space_command(argv: list[str]) -> int:
+    """Print the decisions of a search-space YAML: keys, kinds and choices."""
+    parser = argparse.ArgumentParser(prog="hwnas space", description=COMMANDS["space"].help)
+    parser.add_argument("space_file", help="search-space YAML, e.g. configs/spaces/<name>.yaml")
+    args = parser.parse_args(argv)
+    if not Path(args.space_file).is_file():
+        parser.error(f"space_file {args.space_file!r} does not exist")
+
+    from supernet import SearchSpace, SpaceError, SuperNet
+
+    try:
+        space = SearchSpace.from_yaml(args.space_file)
+    except SpaceError as error:
+        parser.error(f"{args.space_file}: {error}")
+    describe = getattr(space, "describe", None)
+    print(describe() if callable(describe) else space)
+    shared = sum(p.numel() for p in SuperNet(space).parameters())
+    print(f"  {shared:,} shared supernet parameters")
+    return 0
+
+
+# name -> Command; add new subcommands here (quickstart, search, costs, export, sweep, ...).
+COMMANDS: dict[str, Command] = {
+    "space": Command("show the decisions of a search-space YAML", space_command),
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hwnas")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; it lists the subcommands and parses nothing past the name."""
+    parser = argparse.ArgumentParser(
+        prog="hwnas",
+        description="Differentiable hardware-aware neural architecture search.",
+        epilog="Run `hwnas COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"hwnas {_version()}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for name, command in COMMANDS.items():
+        subparsers.add_parser(name, help=command.help, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return COMMANDS[args[0]].run(args[1:]) or 0
+    parser = build_parser()
+    parser.parse_args(args)  # handles --help / --version, rejects unknown commands
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

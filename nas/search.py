@@ -1,0 +1,238 @@
+"""`SupernetSearch`: the Lightning module of the differentiable, budget-aware search.
+
+Each training step is two optimizer steps (manual optimization):
+1. weights, on a ``train`` batch — the relaxed network plus the sandwich rule (largest,
+   smallest and ``sandwich_random`` members drawn from softmax(α)), the smaller members
+   distilled in place from the largest, so members sampled later work without retraining;
+2. α, on a held-out ``search`` batch — the exit-weighted task loss plus the budget penalties
+   on E[cost]; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
+Random draws come from a generator seeded by (seed, epoch, batch), so every rank draws alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from torchmetrics.classification import MulticlassAccuracy
+
+from costmodels import CostTable, ExpectedCost
+from nas.arch_params import ArchParameters, Relaxation
+from nas.budget import BudgetLoss, BudgetSpec
+from supernet import SearchSpace, SuperNet
+
+
+class SupernetSearch(L.LightningModule):
+    """Searches ``space`` under the budgets, with costs from the table at ``cost_table``."""
+
+    def __init__(
+        self,
+        space: str = "configs/spaces/fmnist.yaml",
+        cost_table: str = "configs/tables/fmnist_cpu.json",
+        budget: BudgetSpec | None = None,
+        extra_budgets: list[BudgetSpec] | None = None,
+        relaxation: Relaxation = "gumbel",
+        tau_start: float = 5.0,
+        tau_end: float = 0.5,
+        warmup_epochs: int = 1,
+        weight_optimizer: str = "sgd",
+        weight_lr: float = 0.05,
+        weight_decay: float = 4e-5,
+        arch_lr: float = 3e-3,
+        arch_weight_decay: float = 1e-3,
+        sandwich_random: int = 2,
+        label_smoothing: float = 0.1,
+        grad_clip: float = 5.0,
+        max_bad_steps: int = 10,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.search_space = SearchSpace.from_yaml(space)
+        table = CostTable.load(cost_table)
+        table.check_covers(self.search_space)
+        self.table_id = table.id
+        self.net = SuperNet(self.search_space)
+        self.arch = ArchParameters(self.search_space)
+        specs = [budget or BudgetSpec()] + list(extra_budgets or [])
+        metrics = sorted({s.metric for s in specs})
+        self.expected = ExpectedCost.for_metrics(self.search_space, table, metrics)
+        self.budgets = torch.nn.ModuleList(
+            BudgetLoss(s, self.search_space, self.expected[s.metric]) for s in specs)
+        self.distill = SoftTargetCrossEntropy()
+        n_exits = len(self.search_space.exit_stages)
+        self.val_acc = torch.nn.ModuleList(
+            MulticlassAccuracy(self.search_space.num_classes) for _ in range(n_exits))
+        self.tau = tau_start  # set each epoch by the TemperatureSchedule callback
+        self.bad_steps = 0
+
+    # -- helpers ------------------------------------------------------------------------------
+    def generator(self, batch_idx: int) -> torch.Generator:
+        """Same seed on every rank: the step decides the draw, not the process."""
+        return torch.Generator().manual_seed(
+            self.hparams.seed * 1_000_003 + self.current_epoch * 10_007 + batch_idx)
+
+    def task_loss(self, logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy averaged over every exit, so early exits learn too."""
+        ls = self.hparams.label_smoothing
+        return sum(F.cross_entropy(z, y, label_smoothing=ls) for z in logits) / len(logits)
+
+    def distill_loss(self, logits: list[torch.Tensor], teacher: torch.Tensor) -> torch.Tensor:
+        return sum(self.distill(z, teacher) for z in logits) / len(logits)
+
+    @property
+    def arch_frozen(self) -> bool:
+        return self.current_epoch < self.hparams.warmup_epochs
+
+    # -- steps --------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> None:
+        w_opt, a_opt = self.optimizers()
+        gen = self.generator(batch_idx)
+        self.weights_step(w_opt, *batch["train"], gen)
+        if not self.arch_frozen:
+            self.arch_step(a_opt, *batch["search"], gen)
+
+    def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        self.toggle_optimizer(opt)
+        opt.zero_grad()
+        relaxed = {k: p.detach() for k, p in
+                   self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+        members = [self.search_space.smallest()] + [
+            self.arch.sample(gen) for _ in range(self.hparams.sandwich_random)]
+        losses = {}
+        losses["relaxed"] = self.backward_if_finite(self.task_loss(self.net(x, relaxed), y))
+        largest = self.net(x, self.search_space.largest())
+        teacher = F.softmax(largest[-1].detach(), -1)
+        losses["largest"] = self.backward_if_finite(self.task_loss(largest, y))
+        for i, member in enumerate(members):
+            logits = self.net(x, member)
+            losses[f"member{i}"] = self.backward_if_finite(self.distill_loss(logits, teacher))
+        if any(v is None for v in losses.values()):
+            self.skip_step(opt, "weights")
+        else:
+            self.clip_gradients(opt, self.hparams.grad_clip, "norm")
+            opt.step()
+            self.bad_steps = 0
+            self.log("train/loss_relaxed", losses["relaxed"], prog_bar=True)
+            self.log("train/loss_largest", losses["largest"])
+            self.log("train/loss_smallest", losses["member0"])
+        self.untoggle_optimizer(opt)
+
+    def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        self.toggle_optimizer(opt)
+        opt.zero_grad()
+        probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
+        logits = self.net(x, probs)
+        # E over the exit decision: the deepest exit is the network's answer
+        per_exit = torch.stack([F.cross_entropy(z, y) for z in logits])
+        task = (probs["exit"] * per_exit).sum()
+        loss, ratios = task, []
+        for b in self.budgets:
+            cost, ratio = b.ratio(probs)
+            loss = loss + b.penalty(task, ratio)
+            ratios.append((b, cost, ratio))
+        if self.backward_if_finite(loss) is None:
+            self.skip_step(opt, "arch")
+        else:
+            opt.step()
+            for b, cost, ratio in ratios:
+                ratio = self.all_reduce_mean(ratio.detach())
+                b.dual_update(ratio)
+                m = b.name
+                self.log(f"arch/expected_{m}", cost.detach().float())
+                self.log(f"arch/budget_gap_{m}", ratio.float() - 1, prog_bar=True)
+                self.log(f"arch/lambda_{m}", b.lam.float())
+            self.log("arch/loss_task", task.detach())
+        self.untoggle_optimizer(opt)
+
+    def backward_if_finite(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward and return the detached loss, or None (no backward) if it is NaN/Inf."""
+        if not torch.isfinite(self.all_reduce_mean(loss.detach().float())):
+            return None
+        self.manual_backward(loss)
+        return loss.detach()
+
+    def skip_step(self, opt, which: str) -> None:
+        opt.zero_grad()
+        self.bad_steps += 1
+        self.log("train/skipped_steps", float(self.bad_steps))
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            self.trainer.should_stop = True
+            raise FloatingPointError(
+                f"{self.bad_steps} {which} steps in a row had a NaN/Inf loss; stopping. The last "
+                f"checkpoint holds finite weights: lower the learning rates or check the data.")
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.trainer is None or self.trainer.world_size == 1:
+            return t
+        return self.trainer.strategy.reduce(t, reduce_op="mean")
+
+    # -- validation: the current argmax member, as a user would deploy it ----------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_arch = self.arch.argmax()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x, self.val_arch)
+        for acc, z in zip(self.val_acc, logits, strict=False):
+            acc.update(z, y)
+        self.log("val/loss", self.task_loss(logits, y), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
+        for s, acc in zip(exits, self.val_acc, strict=False):
+            self.log(f"val/acc_exit{s}", acc.compute())
+        self.log("val/acc", self.val_acc[len(exits) - 1].compute(), prog_bar=True)
+        for acc in self.val_acc:
+            acc.reset()
+        for m, e in self.expected.items():
+            self.log(f"arch/argmax_{m}", e.concrete(self.val_arch))
+        for key, h in self.arch.entropy().items():
+            self.log(f"alpha_entropy/{key}", h)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x, self.arch.argmax())
+        self.log("test/acc", (logits[-1].argmax(-1) == y).float().mean())
+
+    # -- optimizers and checkpoints -------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        w_opt = create_optimizer_v2(self.net, hp.weight_optimizer, lr=hp.weight_lr,
+                                    weight_decay=hp.weight_decay, momentum=0.9)
+        a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
+                                 weight_decay=hp.arch_weight_decay)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=epochs)
+        return [w_opt, a_opt], [w_sched]
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_schedulers().step()  # manual optimization: schedules are ours to step
+        self.log("train/weight_lr", self.optimizers()[0].param_groups[0]["lr"])
+        self.log("arch/tau", self.tau)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hwnas"] = {
+            "space": self.search_space.spec,
+            "table_id": self.table_id,
+            "argmax": self.arch.argmax().to_dict(),
+            "bad_steps": self.bad_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("hwnas", {})
+        if meta.get("space") not in (None, self.search_space.spec):
+            raise ValueError("checkpoint was trained on another search space than "
+                             f"{self.hparams.space!r}; pass the space it was trained on")
+        self.bad_steps = meta.get("bad_steps", 0)
+
+
+def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:
+    """Load a search checkpoint on the CPU with ``weights_only`` (no code runs from the file)."""
+    return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                               **overrides)
