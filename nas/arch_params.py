@@ -85,6 +85,7 @@ class ArchParameters(nn.Module):
             for d, p in zip(self.space.decisions, self.probs().values(), strict=True)
         ))
 
+    @torch.no_grad()
     def entropy(self) -> dict[str, float]:
         """Normalised entropy per decision, in [0, 1]: 1 = undecided, 0 = settled."""
         out = {}

@@ -24,14 +24,18 @@ class TemperatureSchedule(L.Callback):
 
 
 class AlphaHistory(L.Callback):
-    """Records softmax(α) per decision at every epoch end; at fit end writes ``alpha.json`` and
-    ``alpha.png`` (one panel per decision, one line per choice) into the log directory."""
+    """Records softmax(α) per decision at every epoch start and at the end; at fit end writes
+    ``alpha.json`` and ``alpha.png`` (a panel per decision, a line per choice) into the run's
+    directory (beside its checkpoints)."""
 
     def __init__(self, out_dir: str | None = None):
         self.out_dir = out_dir
         self.history: list[dict[str, list[float]]] = []
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        self.record(module)
+
+    def record(self, module: SupernetSearch) -> None:
         self.history.append({k: p.tolist() for k, p in module.arch.probs().items()})
 
     def state_dict(self) -> dict:
@@ -41,12 +45,21 @@ class AlphaHistory(L.Callback):
         self.history = state.get("history", [])
 
     def on_fit_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
-        if not trainer.is_global_zero or not self.history:
+        self.record(module)
+        if not trainer.is_global_zero:
             return
-        out = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+        out = Path(self.out_dir or run_dir(trainer))
         out.mkdir(parents=True, exist_ok=True)
         (out / "alpha.json").write_text(json.dumps(self.history))
         plot_alpha(self.history, module.search_space, out / "alpha.png")
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """Where a run's files go: beside its checkpoints, else the logger's or the root directory."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "dirpath", None):
+        return Path(ckpt.dirpath).parent
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path:
@@ -59,7 +72,7 @@ def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path
     cols = 4
     rows = math.ceil(len(decisions) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False)
-    epochs = range(1, len(history) + 1)
+    epochs = range(len(history))  # start of each epoch, then the end of training
     for ax, d in zip(axes.flat, decisions, strict=False):
         for i, choice in enumerate(d.choices):
             ax.plot(epochs, [h[d.key][i] for h in history], label=str(choice))

@@ -42,9 +42,18 @@ def space_command(argv: list[str]) -> int:
     return 0
 
 
+def search_command(argv: list[str]) -> int:
+    """Run the search with LightningCLI (fit / validate / test)."""
+    from nas.search_cli import search_command as run
+
+    return run(argv)
+
+
 # name -> Command; add new subcommands here (quickstart, search, costs, export, sweep, ...).
 COMMANDS: dict[str, Command] = {
     "space": Command("show the decisions of a search-space YAML", space_command),
+    "search": Command("train the supernet and α under a budget (LightningCLI: fit/validate/test)",
+                      search_command),
 }
 
 

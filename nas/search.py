@@ -11,6 +11,7 @@ Random draws come from a generator seeded by (seed, epoch, batch), so every rank
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as L
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from costmodels import CostTable, ExpectedCost
@@ -33,8 +35,8 @@ class SupernetSearch(L.LightningModule):
         self,
         space: str = "configs/spaces/fmnist.yaml",
         cost_table: str = "configs/tables/fmnist_cpu.json",
-        budget: BudgetSpec | None = None,
-        extra_budgets: list[BudgetSpec] | None = None,
+        budget: BudgetSpec | dict | None = None,
+        extra_budgets: list[BudgetSpec | dict] | None = None,
         relaxation: Relaxation = "gumbel",
         tau_start: float = 5.0,
         tau_end: float = 0.5,
@@ -51,7 +53,11 @@ class SupernetSearch(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
+        # plain dicts in the checkpoint, so it loads with weights_only=True
+        self.save_hyperparameters({"budget": asdict(specs[0]),
+                                   "extra_budgets": [asdict(s) for s in specs[1:]]})
+        self.save_hyperparameters(ignore=["budget", "extra_budgets"])
         self.automatic_optimization = False
         self.search_space = SearchSpace.from_yaml(space)
         table = CostTable.load(cost_table)
@@ -59,7 +65,6 @@ class SupernetSearch(L.LightningModule):
         self.table_id = table.id
         self.net = SuperNet(self.search_space)
         self.arch = ArchParameters(self.search_space)
-        specs = [budget or BudgetSpec()] + list(extra_budgets or [])
         metrics = sorted({s.metric for s in specs})
         self.expected = ExpectedCost.for_metrics(self.search_space, table, metrics)
         self.budgets = torch.nn.ModuleList(
@@ -207,12 +212,12 @@ class SupernetSearch(L.LightningModule):
                                     weight_decay=hp.weight_decay, momentum=0.9)
         a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=hp.arch_weight_decay)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=epochs)
-        return [w_opt, a_opt], [w_sched]
+        # stepped by epoch number, so a resumed run needs no scheduler state
+        self.weight_schedule = CosineLRScheduler(w_opt, t_initial=max(self.trainer.max_epochs, 1))
+        return [w_opt, a_opt]
 
-    def on_train_epoch_end(self) -> None:
-        self.lr_schedulers().step()  # manual optimization: schedules are ours to step
+    def on_train_epoch_start(self) -> None:
+        self.weight_schedule.step(self.current_epoch)
         self.log("train/weight_lr", self.optimizers()[0].param_groups[0]["lr"])
         self.log("arch/tau", self.tau)
 
@@ -230,6 +235,10 @@ class SupernetSearch(L.LightningModule):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")
         self.bad_steps = meta.get("bad_steps", 0)
+
+
+def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
+    return spec if isinstance(spec, BudgetSpec) else BudgetSpec(**spec)
 
 
 def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:

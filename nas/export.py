@@ -1,0 +1,279 @@
+"""Export a trained search as a nested family: one shared checkpoint, standalone members, ONNX,
+the Pareto front — written into a temporary directory and renamed into place at the end.
+
+Layout of ``out``::
+
+    family.pt                      shared weights, member configs, per-member BN statistics,
+                                   costs, α, space spec and table id (weights-only loadable)
+    members/<name>/model.pt        the extracted member's state_dict
+    members/<name>/config.json     config, space, costs, accuracy, latency, ONNX check
+    members/<name>/model.onnx      the member in ONNX, checked against torch with onnxruntime
+    pareto.json, pareto.png        accuracy vs cost of every member (and sampled configs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from costmodels import CostTable
+from nas.family import Family, family_from_search, parse_budgets
+from nas.pareto import MEASURED, format_table, plot_pareto, write_pareto_json
+from nas.recalibrate import MemberEvaluation, evaluate_member
+from supernet import ArchConfig
+from supernet.runtime import FAMILY_FORMAT, FAMILY_VERSION
+
+ONNX_OPSET = 17
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    family: Family
+    records: list[dict[str, Any]]
+    logged_artifact: bool = False
+
+
+def export_onnx(module: nn.Module, path: Path, input_shape: Sequence[int],
+                exit_stages: Sequence[int], seed: int = 0) -> dict[str, Any]:
+    """Write ``module`` (a list of exit logits per forward) to ONNX with a dynamic batch and
+    return the exporter used and the max abs difference to torch under onnxruntime."""
+    import onnxruntime as ort
+
+    module = module.eval()
+    outputs = [f"exit{s}" for s in exit_stages]
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(seed))
+    axes = {name: {0: "batch"} for name in ["input", *outputs]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy
+        try:
+            torch.onnx.export(module, (x,), str(path), input_names=["input"],
+                              output_names=outputs, dynamic_axes=axes, opset_version=ONNX_OPSET,
+                              dynamo=False)
+            exporter = "torchscript"
+        except Exception as legacy_error:  # the legacy exporter may be gone in later torch
+            try:
+                import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+            except ImportError:
+                raise RuntimeError(f"ONNX export failed ({legacy_error}) and the torch.export-"
+                                   "based exporter needs onnxscript: `pip install onnxscript`, "
+                                   "or export with --no-onnx") from legacy_error
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(module, (x,), str(path), input_names=["input"],
+                              output_names=outputs, dynamic_shapes=({0: batch},),
+                              opset_version=ONNX_OPSET, dynamo=True)
+            exporter = "dynamo"
+    check = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(seed + 1))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": check.numpy()})
+    with torch.no_grad():
+        want = module(check)
+    diff = max(float((torch.from_numpy(g) - w).abs().max()) for g, w in
+               zip(got, want, strict=True))
+    return {"file": path.name, "exporter": exporter, "opset": ONNX_OPSET, "max_abs_diff": diff}
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` by renames
+    (the old export, if any, is moved aside first, then removed); on failure it is deleted."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file; give a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)
+    old = tmp.with_suffix(".old") if out.exists() else None
+    if old is not None:
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def log_artifact(out: Path, name: str, metadata: Mapping[str, Any]) -> bool:
+    """Log ``out`` as a W&B model artifact when a wandb run is active (never starts one)."""
+    wandb = sys.modules.get("wandb")  # no run can be active if wandb was never imported
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return False
+    artifact = wandb.Artifact(name, type="model", metadata=dict(metadata))
+    artifact.add_dir(str(out))
+    wandb.run.log_artifact(artifact)
+    return True
+
+
+def _record(name: str, kind: str, ev: MemberEvaluation, costs: Mapping[str, float]) -> dict:
+    return {"name": name, "kind": kind, "config": ev.config.to_dict(), "costs": dict(costs),
+            "accuracy": ev.accuracy, MEASURED: ev.measured_latency_ms,
+            "latency_spread": ev.latency_spread}
+
+
+def export_family(search, out: str | Path, datamodule, *, table: CostTable | None = None,
+                  members: int = 8, budgets: Mapping[str, Sequence[float]] | None = None,
+                  metric: str = "latency_ms", start: str = "largest",
+                  configs: Sequence[ArchConfig | Mapping] | None = None, recal_batches: int = 20,
+                  test_batches: int | None = None, samples: int = 0,
+                  latency_device: str | None = "cpu", latency_repeats: int = 30,
+                  onnx: bool = True, progress: bool = True, seed: int = 0) -> ExportResult:
+    """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``."""
+    table = table if table is not None else CostTable.load(search.hparams.cost_table)
+    family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
+                                start=start, configs=configs)
+    space, net = search.search_space, search.net.cpu().eval()
+    datamodule.setup("fit")
+    train, test = datamodule.weights_dataloader(), datamodule.test_dataloader()
+    input_shape = (space.input_channels, space.input_size, space.input_size)
+    kw = {"recal_batches": recal_batches, "test_limit": test_batches,
+          "latency_device": latency_device, "latency_repeats": latency_repeats}
+    rng = random.Random(seed)
+    extra = [space.sample(rng) for _ in range(samples)]
+    bar = tqdm(total=len(family.members) + len(extra), desc="exporting family",
+               disable=not progress)
+    records, entries = [], []
+    with atomic_dir(Path(out)) as tmp:
+        for m in family.members:
+            bar.set_postfix_str(m.name)
+            ev = evaluate_member(net, m.config, train, test, **kw)
+            rec = _record(m.name, "member", ev, m.costs)
+            rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets)
+            mdir = tmp / "members" / m.name
+            mdir.mkdir(parents=True)
+            torch.save(ev.module.state_dict(), mdir / "model.pt")
+            if onnx:
+                rec["onnx"] = export_onnx(ev.module, mdir / "model.onnx", input_shape,
+                                          ev.module.exit_stages, seed)
+                rec["onnx_max_abs_diff"] = rec["onnx"]["max_abs_diff"]
+            meta = {**rec, "space": space.spec, "table_id": table.id,
+                    "exit_stages": list(ev.module.exit_stages),
+                    "input_shape": list(input_shape), "recal_batches": recal_batches}
+            (mdir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+            costs = dict(m.costs)
+            if ev.measured_latency_ms is not None:
+                costs[MEASURED] = ev.measured_latency_ms
+            entries.append({"name": m.name, "config": m.config.to_dict(), "costs": costs,
+                            "exit_costs": m.exit_costs, "bn": ev.bn_state,
+                            "accuracy": ev.accuracy, "log_prob": m.log_prob,
+                            "budgets": m.budgets})
+            records.append(rec)
+            bar.update()
+        for i, config in enumerate(extra):
+            bar.set_postfix_str(f"sample {i}")
+            costs = {k: family.cost(k, config) for k in family.members[0].costs}
+            records.append(_record(f"s{i}", "sample", evaluate_member(net, config, train, test,
+                                                                     **kw), costs))
+            bar.update()
+        bar.close()
+        torch.save({
+            "format": FAMILY_FORMAT, "version": FAMILY_VERSION, "space": space.spec,
+            "table_id": table.id, "metric": family.metric,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "alpha": {k: p.detach().cpu() for k, p in search.arch.probs().items()},
+            "members": entries, "budget_picks": family.budget_picks,
+            "recal_batches": recal_batches,
+        }, tmp / "family.pt")
+        meta = {"space": space.name, "table_id": table.id, "table_target": table.meta.target,
+                "metric": family.metric, "budget_picks": family.budget_picks,
+                "recal_batches": recal_batches}
+        write_pareto_json(records, tmp / "pareto.json", **meta)
+        plot_pareto(records, tmp / "pareto.png")
+    out = Path(out)
+    logged = log_artifact(out, f"family-{space.name}", meta)
+    return ExportResult(out, family, records, logged)
+
+
+def make_datamodule(kind: str, space, batch_size: int = 128, data_dir: str | None = None):
+    """The data module for ``--data``: Fashion-MNIST, or synthetic images shaped like ``space``."""
+    from nas.data import FashionMNISTDataModule, SyntheticDataModule
+
+    if kind == "synthetic":
+        return SyntheticDataModule(image_size=space.input_size, channels=space.input_channels,
+                                   num_classes=space.num_classes,
+                                   batch_size=min(batch_size, 32))
+    if kind != "fmnist":
+        raise ValueError(f"--data: must be fmnist or synthetic, got {kind!r}")
+    if (space.input_channels, space.input_size, space.num_classes) != (1, 28, 10):
+        raise ValueError(f"--data fmnist needs a 1x28x28, 10-class space; space {space.name!r} "
+                         f"is {space.input_channels}x{space.input_size}x{space.input_size} with "
+                         f"{space.num_classes} classes (use --data synthetic)")
+    return FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size)
+
+
+def add_export_args(parser: argparse.ArgumentParser) -> None:
+    """The family/export options shared by `hwnas export` and `hwnas quickstart`."""
+    parser.add_argument("--members", type=int, default=8, help="members in the chain (8)")
+    parser.add_argument("--budgets", action="append", default=[], metavar="METRIC=V1,V2",
+                        help="also pick the largest member under each budget, e.g. "
+                             "latency_ms=0.5,1,2 (repeatable)")
+    parser.add_argument("--recal-batches", type=int, default=20,
+                        help="training batches for each member's BN recalibration (20)")
+    parser.add_argument("--test-batches", type=int, default=None,
+                        help="limit the test batches per member (default: the whole test set)")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="extra random configs to evaluate for the Pareto plot (0)")
+    parser.add_argument("--metric", default="latency_ms", help="the chain's cost metric")
+    parser.add_argument("--start", choices=["largest", "argmax"], default="largest",
+                        help="top of the chain: the largest config, or pass through α's argmax")
+    parser.add_argument("--latency-repeats", type=int, default=30,
+                        help="timing repeats per member (batch 1, 1 thread)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def export_command(argv: list[str]) -> int:
+    """`hwnas export`: the nested family of a search checkpoint, with its Pareto front."""
+    parser = argparse.ArgumentParser(prog="hwnas export", description=(
+        "Export the nested family of a trained search: family.pt, per-member checkpoints "
+        "and ONNX, pareto.json and pareto.png."))
+    parser.add_argument("--ckpt", required=True, help="search checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--data", choices=["fmnist", "synthetic"], default="fmnist")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST root (default: system)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--table", default=None,
+                        help="cost table for the members' costs (default: the search's)")
+    parser.add_argument("--configs", default=None,
+                        help="JSON list of member configs to export instead of α's chain")
+    add_export_args(parser)
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        parser.error(f"--ckpt {args.ckpt!r} does not exist")
+
+    from nas.search import load_search
+
+    try:
+        overrides = {"cost_table": args.table} if args.table else {}
+        search = load_search(args.ckpt, **overrides)
+        configs = json.loads(Path(args.configs).read_text()) if args.configs else None
+        result = export_family(
+            search, args.out, make_datamodule(args.data, search.search_space, args.batch_size,
+                                              args.data_dir),
+            members=args.members, budgets=parse_budgets(args.budgets), metric=args.metric,
+            start=args.start, configs=configs, recal_batches=args.recal_batches,
+            test_batches=args.test_batches, samples=args.samples,
+            latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
+            progress=not args.no_progress)
+    except (ValueError, LookupError, FileNotFoundError) as error:
+        parser.error(str(error))
+    print(format_table(result.records, result.family.metric))
+    print(f"wrote {result.out}/ (family.pt, members/, pareto.json, pareto.png)")
+    return 0

@@ -1,0 +1,229 @@
+"""The nested family: a chain of configs, each ⊆ the next, spanning the cost range, chosen by α.
+
+From the top of the chain (the largest config, or α's argmax with the larger configs above it)
+the chain walks down to the smallest one step at a time, each step moving one decision to its
+next cheaper choice; the step taken gives up the least log-probability under softmax(α) per unit
+of cost saved. Along such a path widths and depths only shrink to prefixes and bit-widths and
+the exit only drop, so any subsequence is nested. ``members`` configs spread evenly (in log
+cost) over the path are kept, plus the largest that fits each user budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from costmodels import CostTable, table_cost
+from supernet import ArchConfig, SearchSpace, SpaceError
+
+Start = Literal["largest", "argmax"]
+CostFn = Callable[[ArchConfig], float]
+
+
+@dataclass
+class FamilyMember:
+    """One member: table costs per metric, the cost of running up to each of its exits
+    (metric → one value per exit, shallowest first) and its log-probability under α."""
+
+    name: str
+    config: ArchConfig
+    costs: dict[str, float]
+    exit_costs: dict[str, list[float]]
+    log_prob: float
+    budgets: list[str] = field(default_factory=list)  # the user budgets it was picked for
+
+
+@dataclass
+class Family:
+    """Members ordered by strictly increasing ``metric`` cost, each nested in the next."""
+
+    space: SearchSpace
+    metric: str
+    members: list[FamilyMember]
+    budget_picks: dict[str, str] = field(default_factory=dict)  # "latency_ms<=1" → name
+    cost_fns: dict[str, CostFn] = field(default_factory=dict, repr=False)
+
+    def cost(self, metric: str, arch: ArchConfig) -> float:
+        """The table cost of any config of the space (not only members) in ``metric``."""
+        return self.cost_fns[metric](arch)
+
+    def __getitem__(self, name: str) -> FamilyMember:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"no member {name!r}; members are {[m.name for m in self.members]}")
+
+
+def cached(cost: CostFn) -> CostFn:
+    memo: dict[ArchConfig, float] = {}
+    return lambda arch: memo[arch] if arch in memo else memo.setdefault(arch, cost(arch))
+
+
+def _step(space: SearchSpace, arch: ArchConfig, key: str, delta: int) -> ArchConfig:
+    choices = space.decision(key).choices
+    return ArchConfig.from_dict({**arch.to_dict(),
+                                 key: choices[choices.index(arch[key]) + delta]})
+
+
+def descend(space: SearchSpace, log_probs: Mapping[str, torch.Tensor], cost: CostFn,
+            start: ArchConfig, stop: ArchConfig) -> list[ArchConfig]:
+    """The greedy path from ``start`` down to ``stop`` (``stop <= start``), both included."""
+    if not stop <= start:
+        raise ValueError(f"descend: {stop} is not nested in {start}")
+    path, arch = [start], start
+    while arch != stop:
+        best = None
+        for d in space.decisions:
+            i, j = d.choices.index(arch[d.key]), d.choices.index(stop[d.key])
+            if i <= j:
+                continue
+            cand = _step(space, arch, d.key, -1)
+            saved = cost(arch) - cost(cand)
+            lost = float(log_probs[d.key][i] - log_probs[d.key][i - 1])
+            # cost-saving steps first, by log-probability given up per unit saved
+            score = (0, lost / saved) if saved > 0 else (1, lost)
+            if best is None or score < best[0]:
+                best = (score, cand)
+        arch = best[1]
+        path.append(arch)
+    return path
+
+
+def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: CostFn,
+                start: Start = "largest") -> list[ArchConfig]:
+    """Nested configs from the smallest up to the top, with strictly increasing cost.
+
+    ``start="argmax"`` makes the path pass through α's argmax (the search's own answer).
+    Where a step saves no cost, the larger config of equal cost is kept.
+    """
+    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    top, bottom = space.largest(), space.smallest()
+    if start == "argmax":
+        mid = ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
+                               for d in space.decisions))
+        path = descend(space, log_probs, cost, top, mid)[:-1]
+        path += descend(space, log_probs, cost, mid, bottom)
+    elif start == "largest":
+        path = descend(space, log_probs, cost, top, bottom)
+    else:
+        raise ValueError(f"start: must be 'largest' or 'argmax', got {start!r}")
+    kept: list[ArchConfig] = []
+    for arch in path:  # largest first: keep each new lower cost level
+        if not kept or cost(arch) < cost(kept[-1]):
+            kept.append(arch)
+    return kept[::-1]
+
+
+def spread(costs: Sequence[float], k: int) -> list[int]:
+    """``k`` indices into ascending ``costs`` (first and last included), as evenly spaced in
+    log cost as the path allows."""
+    n = len(costs)
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [n - 1]
+    logc = [math.log(max(c, 1e-300)) for c in costs]
+    targets = [logc[0] + (logc[-1] - logc[0]) * j / (k - 1) for j in range(k)]
+    picks, prev = [], -1
+    for j, t in enumerate(targets):
+        lo, hi = prev + 1, n - (k - j)
+        prev = min(range(lo, hi + 1), key=lambda i: abs(logc[i] - t))
+        picks.append(prev)
+    return picks
+
+
+def parse_budgets(items: Sequence[str]) -> dict[str, list[float]]:
+    """``["latency_ms=0.5,1,2"]`` → ``{"latency_ms": [0.5, 1.0, 2.0]}`` (CLI syntax)."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        metric, sep, values = item.partition("=")
+        try:
+            if not sep or not metric.strip():
+                raise ValueError
+            out.setdefault(metric.strip(), []).extend(float(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"budget {item!r}: write METRIC=V1,V2,… (e.g. latency_ms=0.5,1,2)"
+                             ) from None
+    return out
+
+
+def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: CostTable, *,
+                 metric: str = "latency_ms", members: int = 8,
+                 budgets: Mapping[str, Sequence[float]] | None = None, start: Start = "largest",
+                 configs: Sequence[ArchConfig | Mapping] | None = None) -> Family:
+    """The family of ``members`` configs along α's nested path (or the given ``configs``,
+    which must form a nested chain), plus the largest path config under each budget."""
+    if members < 1:
+        raise ValueError(f"members: must be at least 1, got {members}")
+    metrics = list(table.metrics)
+    for m in [metric, *(budgets or {})]:
+        table.check_metric(m)
+    costs = {m: cached(lambda a, m=m: table_cost(space, table, a, m)) for m in metrics}
+    if configs is not None:
+        path = check_chain(space, configs, costs[metric], metric)
+        picks = list(range(len(path)))
+    else:
+        path = nested_path(space, probs, costs[metric], start)
+        picks = spread([costs[metric](a) for a in path], members)
+        if start == "argmax":  # the search's own answer is always a member
+            mid = ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
+                                   for d in space.decisions))
+            at = [i for i, a in enumerate(path) if a <= mid]
+            picks = sorted(set(picks) | {at[-1]})
+    labels: dict[int, list[str]] = {}
+    for m, values in (budgets or {}).items():
+        for b in values:
+            fit = [i for i, a in enumerate(path) if costs[m](a) <= b]
+            if not fit:
+                raise ValueError(f"budget {m}<={b:g}: no nested member fits; the smallest "
+                                 f"costs {costs[m](path[0]):.6g} {m}")
+            labels.setdefault(fit[-1], []).append(f"{m}<={b:g}")
+    chosen = sorted(set(picks) | set(labels))
+    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    out = []
+    for n, i in enumerate(chosen):
+        a = path[i]
+        exits = [s for s in space.exit_stages if s <= a["exit"]]
+        out.append(FamilyMember(
+            name=f"m{n}", config=a, costs={m: costs[m](a) for m in metrics},
+            exit_costs={m: [costs[m](a.replace(exit=s)) for s in exits] for m in metrics},
+            log_prob=sum(float(log_probs[d.key][d.choices.index(a[d.key])])
+                         for d in space.decisions),
+            budgets=labels.get(i, [])))
+    picks_by_label = {lab: m.name for m in out for lab in m.budgets}
+    return Family(space, metric, out, picks_by_label, costs)
+
+
+def check_chain(space: SearchSpace, configs: Sequence[ArchConfig | Mapping], cost: CostFn,
+                metric: str) -> list[ArchConfig]:
+    """Validate user-given member configs: each in ``space``, nested, cost strictly rising."""
+    chain = []
+    for i, c in enumerate(configs):
+        arch = c if isinstance(c, ArchConfig) else ArchConfig.from_dict(c)
+        try:
+            space.validate(arch)
+        except SpaceError as e:
+            raise SpaceError(f"member config #{i} does not belong to the checkpoint's space: "
+                             f"{e}") from None
+        chain.append(arch)
+    if not chain:
+        raise ValueError("configs: give at least one member config")
+    chain.sort(key=cost)
+    for a, b in zip(chain, chain[1:], strict=False):
+        if not a < b or cost(a) >= cost(b):
+            raise ValueError(f"member configs must form a nested chain with strictly rising "
+                             f"{metric}: {a} ({cost(a):.6g}) is not a strict subset of {b} "
+                             f"({cost(b):.6g})")
+    return chain
+
+
+def family_from_search(search, table: CostTable | None = None, **kwargs) -> Family:
+    """`build_family` from a trained `SupernetSearch` (its α, space and cost table)."""
+    table = table if table is not None else CostTable.load(search.hparams.cost_table)
+    with torch.no_grad():
+        probs = {k: p.detach() for k, p in search.arch.probs().items()}
+    return build_family(search.search_space, probs, table, **kwargs)

@@ -1,0 +1,132 @@
+"""The Pareto front of accuracy against cost, written as ``pareto.json`` and ``pareto.png``.
+
+A record is one evaluated config (a family member, or an extra sampled config): its costs per
+metric, accuracy per exit and measured latency. A record is on the front of a metric when no
+other record is at most as costly and at least as accurate, and strictly better in one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+MEASURED = "measured_latency_ms"
+
+
+def pareto_flags(costs: Sequence[float], accuracies: Sequence[float]) -> list[bool]:
+    """For each point (cost to minimise, accuracy to maximise): is it non-dominated?"""
+    points = list(zip(costs, accuracies, strict=True))
+    return [not any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2 in points)
+            for c, a in points]
+
+
+def accuracy_of(record: dict[str, Any]) -> float:
+    """A config's accuracy: that of its deepest exit (the answer when no exit is taken early)."""
+    return float(record["accuracy"][-1])
+
+
+def cost_of(record: dict[str, Any], metric: str) -> float | None:
+    if metric == MEASURED:
+        return record.get(MEASURED)
+    return record["costs"].get(metric)
+
+
+def mark_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set ``record["on_front"][metric]`` for every table metric and the measured latency."""
+    metrics = sorted(set.intersection(*(set(r["costs"]) for r in records))) if records else []
+    if records and all(r.get(MEASURED) is not None for r in records):
+        metrics.append(MEASURED)
+    for r in records:
+        r["on_front"] = {}
+    for m in metrics:
+        flags = pareto_flags([cost_of(r, m) for r in records], [accuracy_of(r) for r in records])
+        for r, flag in zip(records, flags, strict=True):
+            r["on_front"][m] = flag
+    return records
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write a file through ``write(tmp)`` into a temporary sibling, then rename it over
+    ``path``: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_pareto_json(records: list[dict[str, Any]], path: Path, **meta: Any) -> Path:
+    """``{"meta": …, "records": […]}`` with every record's front flags."""
+    doc = {"meta": meta, "records": mark_front(records)}
+    return write_atomic(path, lambda p: p.write_text(json.dumps(doc, indent=1) + "\n"))
+
+
+def plot_pareto(records: list[dict[str, Any]], path: Path, metric: str | None = None) -> Path:
+    """Accuracy against latency (measured if every record has it, else ``metric`` from the
+    table): samples grey, members labelled, the front drawn as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric is None:
+        metric = MEASURED if all(r.get(MEASURED) is not None for r in records) else "latency_ms"
+    mark_front(records)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    samples = [r for r in records if r.get("kind") == "sample"]
+    members = [r for r in records if r.get("kind") != "sample"]
+    if samples:
+        ax.scatter([cost_of(r, metric) for r in samples], [accuracy_of(r) for r in samples],
+                   s=14, c="0.7", label="sampled configs")
+    ax.plot([cost_of(r, metric) for r in members], [accuracy_of(r) for r in members], "o-",
+            c="tab:blue", ms=5, lw=1, alpha=0.6, label="nested family")
+    for r in members:
+        ax.annotate(r["name"], (cost_of(r, metric), accuracy_of(r)), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    front = sorted((cost_of(r, metric), accuracy_of(r)) for r in records
+                   if r["on_front"].get(metric))
+    if front:
+        ax.step(*zip(*front, strict=True), where="post", c="tab:red", lw=1.5, label="Pareto front")
+        ax.scatter(*zip(*front, strict=True), s=40, facecolors="none", edgecolors="tab:red")
+    unit = "ms, measured" if metric == MEASURED else metric
+    ax.set_xlabel(f"latency ({unit})" if "latency" in metric else metric)
+    ax.set_ylabel("top-1 accuracy (deepest exit)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+
+    def save(p: Path) -> None:
+        fig.savefig(p, dpi=110, format="png")
+
+    try:
+        write_atomic(path, save)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def format_table(records: list[dict[str, Any]], metric: str = "latency_ms") -> str:
+    """A fixed-width text table of the records, one line each, cheapest first."""
+    mark_front(records)
+    n_exits = max(len(r["accuracy"]) for r in records)
+    head = (f"{'name':<6} {'kind':<7} {metric:>12} {'measured ms':>11} "
+            + " ".join(f"{'acc@' + str(i + 1):>7}" for i in range(n_exits)) + "  front")
+    lines = [head, "-" * len(head)]
+    for r in sorted(records, key=lambda r: cost_of(r, metric)):
+        measured = r.get(MEASURED)
+        accs = [f"{a:7.3f}" for a in r["accuracy"]] + [" " * 7] * (n_exits - len(r["accuracy"]))
+        lines.append(f"{r['name']:<6} {r.get('kind', 'member'):<7} "
+                     f"{cost_of(r, metric):12.5g} "
+                     f"{'-' if measured is None else f'{measured:.4f}':>11} "
+                     + " ".join(accs) + ("  *" if r["on_front"].get(metric) else ""))
+    return "\n".join(lines)

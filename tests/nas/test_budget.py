@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from costmodels import CostTable, ExpectedCost
+from nas.arch_params import ArchParameters
+from nas.budget import BudgetLoss, BudgetSpec
+
+
+@pytest.fixture
+def expected(tiny_space, tiny_table):
+    return ExpectedCost(tiny_space, CostTable.load(tiny_table), "latency_ms")
+
+
+def test_budget_term_alone_gives_alpha_a_gradient(tiny_space, expected):
+    """A penalty computed from Python floats would steer nothing; this one must."""
+    for kind in ("lagrangian", "hinge", "fbnet"):
+        alpha = ArchParameters(tiny_space)
+        budget = BudgetLoss(BudgetSpec(fraction=0.2, loss=kind), tiny_space, expected)
+        probs = alpha.distribution("softmax")
+        _, ratio = budget.ratio(probs)
+        budget.penalty(torch.tensor(1.0), ratio).backward()
+        grads = [alpha.logits(k).grad for k in ("stage1.width", "stage2.width", "stage1.depth")]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), kind
+        # pushing toward cheaper: the gradient raises the narrowest width's logit
+        assert alpha.logits("stage2.width").grad[0] < 0, kind
+
+
+def test_infeasible_budget_is_an_error_with_both_costs(tiny_space, expected):
+    smallest = expected.concrete(tiny_space.smallest())
+    largest = expected.concrete(tiny_space.largest())
+    with pytest.raises(ValueError) as err:
+        BudgetLoss(BudgetSpec(target=smallest * 0.5, fraction=None), tiny_space, expected)
+    assert "infeasible" in str(err.value)
+    assert f"{smallest:.6g}" in str(err.value) and f"{largest:.6g}" in str(err.value)
+    with pytest.warns(UserWarning, match="will not constrain"):
+        BudgetLoss(BudgetSpec(fraction=1.5), tiny_space, expected)
+    with pytest.raises(ValueError, match="exactly one of target"):
+        BudgetLoss(BudgetSpec(target=1.0, fraction=0.5), tiny_space, expected)
+
+
+def test_lagrange_multiplier_follows_dual_ascent(tiny_space, expected):
+    b = BudgetLoss(BudgetSpec(fraction=0.5, weight=1.0, dual_lr=0.5), tiny_space, expected)
+    b.dual_update(torch.tensor(1.4))  # 40% over budget
+    assert float(b.lam) == pytest.approx(1.2)
+    b.dual_update(torch.tensor(0.2))  # far under: λ falls, never below zero
+    assert float(b.lam) == pytest.approx(0.8)
+    for _ in range(5):
+        b.dual_update(torch.tensor(0.2))
+    assert float(b.lam) == 0.0
+
+
+def test_penalty_forms(tiny_space, expected):
+    task = torch.tensor(2.0)
+    hinge = BudgetLoss(BudgetSpec(fraction=0.5, loss="hinge", weight=3.0), tiny_space, expected)
+    assert float(hinge.penalty(task, torch.tensor(0.9))) == 0.0
+    assert float(hinge.penalty(task, torch.tensor(1.5))) == pytest.approx(1.5)
+    fbnet = BudgetLoss(BudgetSpec(fraction=0.5, loss="fbnet", weight=0.7), tiny_space, expected)
+    on_budget = task + fbnet.penalty(task, torch.tensor(1.0, dtype=torch.float64))
+    assert float(on_budget) == pytest.approx(2.0 * 0.7)  # CE·α at E = B
+    assert float(fbnet.penalty(task, torch.tensor(2.0))) > float(fbnet.penalty(task,
+                                                                               torch.tensor(1.0)))

@@ -1,0 +1,88 @@
+"""The search end to end on the tiny space and synthetic data: budgets steer, resumes are exact."""
+
+import pytorch_lightning as L
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from nas.budget import BudgetSpec
+from nas.callbacks import AlphaHistory, TemperatureSchedule
+from nas.data import SyntheticDataModule
+from nas.search import SupernetSearch, load_search
+
+from .conftest import TINY
+
+
+def make_search(table: str, **kwargs) -> SupernetSearch:
+    kwargs.setdefault("budget", BudgetSpec(fraction=0.15))
+    return SupernetSearch(space=TINY, cost_table=table, warmup_epochs=0, arch_lr=0.05,
+                          sandwich_random=1, **kwargs)
+
+
+def fit(module, root, epochs: int, ckpt_path=None, extra_callbacks=(), **trainer_kwargs
+        ) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=root, deterministic=True,
+        callbacks=[TemperatureSchedule(), AlphaHistory(str(root)), *extra_callbacks],
+        **trainer_kwargs)
+    trainer.fit(module, SyntheticDataModule(num_samples=384, batch_size=32), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_budget_steers_the_architecture(tiny_table, tmp_path):
+    L.seed_everything(0)
+    tight = make_search(tiny_table, budget=BudgetSpec(fraction=0.15))
+    fit(tight, tmp_path / "tight", epochs=3)
+    L.seed_everything(0)
+    with pytest.warns(UserWarning, match="will not constrain"):
+        loose = make_search(tiny_table, budget=BudgetSpec(fraction=1.0))
+    fit(loose, tmp_path / "loose", epochs=3)
+    cost = {name: m.expected["latency_ms"].concrete(m.arch.argmax())
+            for name, m in (("tight", tight), ("loose", loose))}
+    assert cost["tight"] <= tight.budgets[0].budget
+    assert cost["loose"] > 2 * cost["tight"]
+    assert (tmp_path / "tight" / "alpha.png").stat().st_size > 0
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """Ends the run after epoch 0 as a crash would, leaving only the epoch's last.ckpt."""
+
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = True
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tiny_table, tmp_path):
+    L.seed_everything(0)
+    straight = make_search(tiny_table)
+    fit(straight, tmp_path / "a", epochs=2)
+
+    L.seed_everything(0)
+    stopped = make_search(tiny_table)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
+    fit(stopped, tmp_path / "b", epochs=2, extra_callbacks=[ckpt, StopAfterFirstEpoch()])
+    assert stopped.current_epoch == 1
+    L.seed_everything(123)  # the resumed process starts from an unrelated RNG state
+    resumed = make_search(tiny_table)
+    fit(resumed, tmp_path / "c", epochs=2, ckpt_path=tmp_path / "b" / "last.ckpt")
+
+    for key in straight.search_space.keys:
+        assert torch.equal(straight.arch.logits(key), resumed.arch.logits(key)), key
+    assert torch.equal(straight.budgets[0].lam, resumed.budgets[0].lam)
+    for (name, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values(),
+                            strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_checkpoint_holds_space_table_and_alpha_and_loads_safely(tiny_table, tmp_path):
+    module = make_search(tiny_table)
+    t = fit(module, tmp_path, epochs=1, limit_train_batches=2)
+    path = tmp_path / "x.ckpt"
+    t.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["hwnas"]["space"] == module.search_space.spec
+    assert raw["hwnas"]["table_id"] == module.table_id
+    assert raw["hwnas"]["argmax"] == module.arch.argmax().to_dict()
+    loaded = load_search(path)
+    assert loaded.arch.argmax() == module.arch.argmax()
+    assert torch.equal(loaded.budgets[0].lam, module.budgets[0].lam)
