@@ -112,10 +112,18 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
     else:
         raise ValueError(f"start: must be 'largest' or 'argmax', got {start!r}")
     kept: list[ArchConfig] = []
-    for arch in path:  # largest first: keep each new lower cost level
+    for arch in map(lambda a: canonical(space, a), path):  # keep each new lower cost level
         if not kept or cost(arch) < cost(kept[-1]):
             kept.append(arch)
     return kept[::-1]
+
+
+def canonical(space: SearchSpace, arch: ArchConfig) -> ArchConfig:
+    """``arch`` with the decisions of stages past its exit (which never run) at their smallest
+    choice: the same network, and still nested under every config it was nested under."""
+    return ArchConfig(tuple(
+        (d.key, d.choices[0] if d.stage is not None and d.stage > arch["exit"] else arch[d.key])
+        for d in space.decisions))
 
 
 def spread(costs: Sequence[float], k: int) -> list[int]:

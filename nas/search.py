@@ -177,8 +177,22 @@ class SupernetSearch(L.LightningModule):
             return t
         return self.trainer.strategy.reduce(t, reduce_op="mean")
 
+    @torch.no_grad()
+    def sync_bn_statistics(self) -> None:
+        """Average BN running statistics over ranks (each rank saw its own batches), so every
+        rank validates, checkpoints and exports the same network."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return
+        for name, buf in self.net.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buf.copy_(self.trainer.strategy.reduce(buf, reduce_op="mean"))
+
+    def on_train_end(self) -> None:
+        self.sync_bn_statistics()
+
     # -- validation: the current argmax member, as a user would deploy it ----------------------
     def on_validation_epoch_start(self) -> None:
+        self.sync_bn_statistics()
         self.val_arch = self.arch.argmax()
 
     def validation_step(self, batch, batch_idx: int) -> None:
