@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as L
+from pytorch_lightning.loggers import WandbLogger
 
 from nas.search import SupernetSearch
 
@@ -51,7 +52,10 @@ class AlphaHistory(L.Callback):
         out = Path(self.out_dir or run_dir(trainer))
         out.mkdir(parents=True, exist_ok=True)
         (out / "alpha.json").write_text(json.dumps(self.history))
-        plot_alpha(self.history, module.search_space, out / "alpha.png")
+        png = plot_alpha(self.history, module.search_space, out / "alpha.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="alpha", images=[str(png)])
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -75,7 +79,7 @@ def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path
     epochs = range(len(history))  # start of each epoch, then the end of training
     for ax, d in zip(axes.flat, decisions, strict=False):
         for i, choice in enumerate(d.choices):
-            ax.plot(epochs, [h[d.key][i] for h in history], label=str(choice))
+            ax.plot(epochs, [h[d.key][i] for h in history], "o-", ms=3, label=str(choice))
         ax.set_title(d.key, fontsize=9)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=6, loc="upper left")

@@ -49,9 +49,17 @@ def search_command(argv: list[str]) -> int:
     return run(argv)
 
 
+def costs_command(argv: list[str]) -> int:
+    """Build, import and check hardware cost tables."""
+    from costmodels.cli import main as run
+
+    return run(argv)
+
+
 # name -> Command; add new subcommands here (quickstart, search, costs, export, sweep, ...).
 COMMANDS: dict[str, Command] = {
     "space": Command("show the decisions of a search-space YAML", space_command),
+    "costs": Command("build, import and check hardware cost tables", costs_command),
     "search": Command("train the supernet and α under a budget (LightningCLI: fit/validate/test)",
                       search_command),
 }

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as L
+from pytorch_lightning.loggers import WandbLogger
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
@@ -213,6 +214,27 @@ class SupernetSearch(L.LightningModule):
             self.log(f"arch/argmax_{m}", e.concrete(self.val_arch))
         for key, h in self.arch.entropy().items():
             self.log(f"alpha_entropy/{key}", h)
+
+    def final_summary(self) -> dict[str, float | str]:
+        """The argmax member, its table costs and the last validation accuracy."""
+        final = self.arch.argmax()
+        summary: dict[str, float | str] = {"final/arch": final.to_json()}
+        summary.update({f"final/{m}": e.concrete(final) for m, e in self.expected.items()})
+        for b in self.budgets:
+            summary[f"final/budget_{b.name}"] = b.budget
+            summary[f"final/lambda_{b.name}"] = float(b.lam)
+        acc = self.trainer.callback_metrics.get("val/acc")
+        if acc is not None:
+            summary["final/val_acc"] = float(acc)
+        return summary
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        summary = self.final_summary()
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(summary)
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
