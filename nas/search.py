@@ -27,6 +27,11 @@ from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from supernet import SearchSpace, SuperNet
+from supernet.io import LOAD_ERRORS, CorruptFileError, explain
+
+
+CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
+            "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
 
 
 class SupernetSearch(L.LightningModule):
@@ -279,5 +284,10 @@ def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
 
 def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:
     """Load a search checkpoint on the CPU with ``weights_only`` (no code runs from the file)."""
-    return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                               **overrides)
+    if not Path(ckpt).is_file():
+        raise CorruptFileError(f"search checkpoint {str(ckpt)!r} does not exist; {CKPT_FIX}")
+    try:
+        return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                   **overrides)
+    except LOAD_ERRORS as e:
+        raise explain(ckpt, "search checkpoint", CKPT_FIX, e) from None

@@ -73,7 +73,8 @@ def search_command(argv: list[str]) -> int:
         SplitDataModule,
         subclass_mode_data=True,
         args=argv,
-        trainer_defaults={"logger": default_logger(), "default_root_dir": "runs"},
+        trainer_defaults={"logger": default_logger(), "default_root_dir": "runs",
+                          "plugins": [{"class_path": "nas.checkpoint_io.SafeCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -1,0 +1,142 @@
+"""`hwnas costs …`: build, import and check cost tables from the command line.
+
+`register(subparsers)` adds the ``costs`` command to an argparse parser; `main(argv)` runs it
+standalone (argv without the leading ``costs``). Heavy imports happen only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DEVICE_TARGETS = ("cpu", "cuda")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``costs build|import|check`` to ``subparsers``; each sets ``func`` (args → exit code)."""
+    costs = subparsers.add_parser("costs", help="build, import and check hardware cost tables",
+                                  description="Hardware cost tables: op signature -> metrics.")
+    sub = costs.add_subparsers(title="subcommands", dest="costs_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    b = sub.add_parser("build", help="build a cost table for every layer of a space",
+                       description="Measure on a torch device (cpu, cuda, cuda:N) or price "
+                                   "with an analytic roofline preset (edgetpu, fpga, mcu).")
+    b.add_argument("--space", required=True, help="search-space YAML")
+    b.add_argument("--target", required=True,
+                   help="cpu | cuda[:N] (measured) or an analytic preset: edgetpu, fpga, mcu")
+    b.add_argument("--out", required=True, help="table JSON to write")
+    b.add_argument("--batch", type=int, default=1, help="samples per inference (default 1)")
+    b.add_argument("--threads", type=int, default=1, help="CPU threads when measuring")
+    b.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer")
+    b.add_argument("--repeats", type=int, default=100,
+                   help="timed rounds: each layer once per round (median)")
+    b.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="wall: elapsed time; thread: CPU time of the timing thread (cpu, "
+                        "--threads 1), robust when other processes share the machine")
+    b.set_defaults(func=_build)
+
+    i = sub.add_parser("import", help="import a cost table CSV measured elsewhere",
+                       description="Columns are documented in CostTable.from_csv.")
+    i.add_argument("--csv", required=True, help="CSV with signature and metric columns")
+    i.add_argument("--target", required=True, help="name of the hardware it was measured on")
+    i.add_argument("--out", required=True, help="table JSON to write")
+    i.add_argument("--space", help="space YAML the table must cover (checked, then recorded)")
+    i.add_argument("--device", default="", help="device description for the metadata")
+    i.set_defaults(func=_import)
+
+    c = sub.add_parser("check", help="predicted vs. measured latency of sampled members",
+                       description="Writes fidelity.json and fidelity.png to --out.")
+    c.add_argument("--space", required=True, help="search-space YAML")
+    c.add_argument("--table", required=True, help="measured table JSON (target cpu or cuda)")
+    c.add_argument("--samples", type=int, default=50, help="random test members (+2 extremes)")
+    c.add_argument("--fit-samples", type=int, default=None,
+                   help="other members to fit the correction on (default = --samples, 0 = none)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None, help="default: the table's")
+    c.add_argument("--device", default=None, help="default: the table's target")
+    c.add_argument("--repeats", type=int, default=30, help="timed rounds (median per member)")
+    c.add_argument("--clock", choices=("wall", "thread"), default=None,
+                   help="default: the table's clock")
+    c.add_argument("--out", default=None, help="report folder (default: next to the table)")
+    c.set_defaults(func=_check)
+    return costs
+
+
+def _space(path: str):
+    from supernet import SearchSpace
+
+    return SearchSpace.from_yaml(path)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from costmodels.analytic import PRESETS, build_analytic_table
+    from costmodels.profile import build_measured_table
+
+    space = _space(args.space)
+    start = time.perf_counter()
+    if args.target.split(":")[0] in DEVICE_TARGETS:
+        table = build_measured_table(space, args.target, args.batch, args.threads, args.warmup,
+                                     args.repeats, space_file=args.space, clock=args.clock)
+    elif args.target in PRESETS:
+        table = build_analytic_table(space, args.target, args.batch, space_file=args.space)
+    else:
+        print(f"error: --target {args.target!r}: use cpu, cuda[:N] or one of "
+              f"{sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    table.save(args.out)
+    print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
+          f"id {table.id}, {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from costmodels.table import CostTable, TableMeta
+
+    table = CostTable.from_csv(args.csv, TableMeta(target=args.target, device=args.device,
+                                                   method=f"imported from {args.csv}"))
+    if args.space:
+        space = _space(args.space)
+        table.check_covers(space)
+        table = CostTable(table.entries, table.meta.for_space(space, args.space))
+    table.save(args.out)
+    print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
+          f"id {table.id}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from costmodels.fidelity import check_fidelity
+    from costmodels.table import CostTable
+
+    table = CostTable.load(args.table)
+    device = args.device or table.meta.target
+    if device.split(":")[0] not in DEVICE_TARGETS:
+        print(f"error: table {args.table} is {table.meta.method} for {table.meta.target!r}; "
+              "a fidelity check measures on this machine, so it needs a table measured on "
+              "cpu or cuda (or pass --device)", file=sys.stderr)
+        return 2
+    threads = args.threads or table.meta.threads or 1
+    clock = args.clock or table.meta.clock or "wall"
+    report = check_fidelity(_space(args.space), table, args.samples, device, threads,
+                            args.seed, args.fit_samples, repeats=args.repeats, clock=clock)
+    out = Path(args.out) if args.out else Path(args.table).with_suffix("")
+    json_path, png_path = report.save(out)
+    print(report.summary())
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``costs`` standalone: ``main(["build", "--space", …])``."""
+    parser = argparse.ArgumentParser(prog="hwnas")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["costs", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

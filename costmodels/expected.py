@@ -1,0 +1,134 @@
+"""Differentiable expected cost of an architecture distribution.
+
+For every layer slot the table is gathered once into a tensor over the product of the choices
+of the decisions that shape it (its input width is the previous layer's width decision, so
+that is among them). A forward pass contracts that tensor with those decisions' probability
+vectors and weighs it by the probability that the slot runs (its stage is deep enough and the
+exit comes at or after it). Decisions are treated as independent, as the relaxation samples
+them. All of it is float64, so a one-hot distribution gives the concrete cost exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from costmodels.signature import OpSignature, slot_shapes, unique_keys
+from costmodels.table import CostTable, reduction
+from supernet.arch import ArchConfig
+from supernet.layers import describe_layers, layer_slots
+from supernet.space import SearchSpace
+
+DTYPE = torch.float64
+
+
+class ExpectedCost(nn.Module):
+    """``forward(probs)`` = E[cost] of a relaxed architecture in ``metric``'s units (float64).
+
+    ``probs`` maps each decision key to a probability vector over its choices (as
+    ``SearchSpace.one_hot`` or an α softmax gives); gradients flow to every vector. Summed
+    metrics give the exact expectation. For a max metric (``peak_activation_bytes``) it is the
+    max over slots of P(slot runs) · E[slot cost], a lower bound of E[max] that equals the
+    concrete value at one-hot distributions.
+    """
+
+    def __init__(self, space: SearchSpace, table: CostTable, metric: str = "latency_ms"):
+        super().__init__()
+        table.check_covers(space)  # a clear error for another space's table, before any lookup
+        table.check_metric(metric)
+        self.space, self.metric, self.table_id = space, metric, table.id
+        self.batch = table.meta.batch
+        self.reduce = reduction(metric)
+        self._slots: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        self._values: dict[str, float] = {}  # signature key -> table value, for `concrete`
+        for i, slot in enumerate(layer_slots(space)):
+            keys = unique_keys(slot)
+            sizes = [len(space.decision(k).choices) for k in keys]
+            cost = torch.zeros(sizes, dtype=DTYPE)
+            for idx, shape in slot_shapes(space, slot):
+                sig = OpSignature.from_shape(shape, self.batch)
+                cost[idx] = self._values.setdefault(sig.key, table.lookup(sig, metric))
+            run_keys = []
+            for key, minimum in _runs_if(slot.runs_if).items():
+                mask = torch.tensor([float(c >= minimum) for c in space.decision(key).choices],
+                                    dtype=DTYPE)
+                if key in keys:  # shapes and gating share a decision: fold the gate in
+                    dim = keys.index(key)
+                    cost = cost * mask.view([-1 if d == dim else 1 for d in range(len(keys))])
+                elif bool(mask.all()):
+                    continue  # always runs (e.g. depth >= 1)
+                else:
+                    self.register_buffer(f"mask{i}_{len(run_keys)}", mask)
+                    run_keys.append(key)
+            self.register_buffer(f"cost{i}", cost)
+            self._slots.append((slot.name, keys, tuple(run_keys)))
+
+    @classmethod
+    def for_metrics(cls, space: SearchSpace, table: CostTable, metrics: Sequence[str]
+                    ) -> nn.ModuleDict:
+        """One `ExpectedCost` per metric, keyed by metric name."""
+        return nn.ModuleDict({m: cls(space, table, m) for m in metrics})
+
+    def slot_costs(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per slot, P(slot runs) · E[its cost]: a float64 vector in execution order."""
+        p = self._check(probs)
+        terms = []
+        for i, (_, keys, run_keys) in enumerate(self._slots):
+            cost = getattr(self, f"cost{i}")
+            operands: list = [cost, list(range(len(keys)))]
+            for d, key in enumerate(keys):
+                operands += [p[key], [d]]
+            term = torch.einsum(*operands, [])
+            for j, key in enumerate(run_keys):
+                term = term * (getattr(self, f"mask{i}_{j}") @ p[key])
+            terms.append(term)
+        return torch.stack(terms)
+
+    def forward(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        terms = self.slot_costs(probs)
+        if self.reduce == "max":
+            return terms.amax()
+        return terms.cumsum(0)[-1]  # sequential, in layer order: one-hot gives `concrete` exactly
+
+    def concrete(self, arch: ArchConfig) -> float:
+        """The table cost of one concrete member (same units), summed (or maxed) over its layers."""
+        return concrete_cost(self.space, lambda s: self._values[s.key], arch, self.metric,
+                             self.batch)
+
+    def _check(self, probs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for d in self.space.decisions:
+            if d.key not in probs:
+                raise KeyError(f"expected cost needs probabilities for decision {d.key!r}; "
+                               f"got keys {sorted(probs)}")
+            v = probs[d.key]
+            if v.shape != (len(d.choices),):
+                raise ValueError(f"{d.key}: expected {len(d.choices)} probabilities (one per "
+                                 f"choice {list(d.choices)}), got shape {tuple(v.shape)}")
+            out[d.key] = v.to(device=self.cost0.device, dtype=DTYPE)
+        return out
+
+
+def concrete_cost(space: SearchSpace, lookup, arch: ArchConfig, metric: str,
+                  batch: int = 1) -> float:
+    """Sum (or max, for peak memory) of ``lookup(signature)`` over the layers of ``arch``."""
+    values = [lookup(OpSignature.from_shape(layer, batch))
+              for layer in describe_layers(space, arch)]
+    return max(values) if reduction(metric) == "max" else sum(values)
+
+
+def table_cost(space: SearchSpace, table: CostTable, arch: ArchConfig,
+               metric: str = "latency_ms") -> float:
+    """The cost of a concrete member read straight from ``table``."""
+    return concrete_cost(space, lambda s: table.lookup(s, metric), arch, metric,
+                         table.meta.batch)
+
+
+def _runs_if(conditions: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """Conditions per decision; two on one decision reduce to the stricter."""
+    out: dict[str, int] = {}
+    for key, minimum in conditions:
+        out[key] = max(minimum, out.get(key, minimum))
+    return out

@@ -1,0 +1,179 @@
+"""Op signatures: everything about one layer that its cost on a target depends on.
+
+A signature is the key of a cost table. Two layers with equal signatures cost the same, so a
+table measured once per signature prices every member of a space. Sizes are in channels and
+pixels, bit-widths in bits (32 = float), ``batch`` in samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
+
+from supernet.layers import LayerShape, LayerSlot, layer_slots
+from supernet.space import SearchSpace
+
+KINDS = ("conv", "dwconv", "linear")
+FLOAT_BITS = 32
+_KEY = re.compile(
+    r"^(?P<kind>[a-z]+)_i(?P<in_channels>\d+)_o(?P<out_channels>\d+)_k(?P<kernel>\d+)"
+    r"_s(?P<stride>\d+)_r(?P<in_size>\d+)_w(?P<weight_bits>\d+)_a(?P<act_bits>\d+)"
+    r"_b(?P<batch>\d+)(?P<noact>_noact)?$"
+)
+
+
+class SignatureError(ValueError):
+    """A signature field or key that cannot describe a layer; the message names the field."""
+
+
+@dataclass(frozen=True, order=True)
+class OpSignature:
+    """One layer as the hardware sees it.
+
+    conv / dwconv: ``input quantizer (act_bits < 32) → conv → batch norm → activation``;
+    ``activation`` is False for the projection (``pwl``) convs, which have none.
+    linear: ``global average pool over in_size × in_size → fully connected``; ``kernel`` is 0.
+    """
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    in_size: int
+    weight_bits: int = FLOAT_BITS
+    act_bits: int = FLOAT_BITS
+    batch: int = 1
+    activation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SignatureError(f"kind: must be one of {KINDS}, got {self.kind!r}")
+        for f in ("in_channels", "out_channels", "stride", "in_size", "batch"):
+            if int(getattr(self, f)) < 1:
+                raise SignatureError(f"{f}: must be a positive integer, got {getattr(self, f)!r}")
+        for f in ("weight_bits", "act_bits"):
+            if not 1 <= int(getattr(self, f)) <= FLOAT_BITS:
+                raise SignatureError(f"{f}: bit-widths lie in 1..32, got {getattr(self, f)!r}")
+        if self.kind == "linear" and (self.kernel != 0 or self.activation):
+            raise SignatureError(f"a linear signature has kernel 0 and no activation, got "
+                                 f"kernel={self.kernel}, activation={self.activation}")
+        if self.kind != "linear" and self.kernel < 1:
+            raise SignatureError(f"kernel: a {self.kind} needs kernel >= 1, got {self.kernel}")
+        if self.kind == "dwconv" and self.in_channels != self.out_channels:
+            raise SignatureError(f"a dwconv has in_channels == out_channels, got "
+                                 f"{self.in_channels} and {self.out_channels}")
+
+    @classmethod
+    def from_shape(cls, shape: LayerShape, batch: int = 1) -> OpSignature:
+        """The signature of a layer of the supernet run with ``batch`` samples."""
+        return cls(shape.kind, shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
+                   shape.in_size, shape.weight_bits, shape.act_bits, batch,
+                   activation=has_activation(shape))
+
+    @property
+    def key(self) -> str:
+        """A stable string key, e.g. ``conv_i16_o32_k3_s1_r28_w8_a8_b1`` (``_noact`` appended
+        for a conv without activation)."""
+        key = (f"{self.kind}_i{self.in_channels}_o{self.out_channels}_k{self.kernel}"
+               f"_s{self.stride}_r{self.in_size}_w{self.weight_bits}_a{self.act_bits}"
+               f"_b{self.batch}")
+        return key + ("_noact" if self.kind != "linear" and not self.activation else "")
+
+    @classmethod
+    def parse(cls, key: str) -> OpSignature:
+        """The signature a `key` was made from."""
+        m = _KEY.match(key)
+        if m is None:
+            raise SignatureError(f"{key!r} is not a signature key; keys look like "
+                                 "'conv_i16_o32_k3_s1_r28_w8_a8_b1' (optionally '_noact')")
+        values = m.groupdict()
+        noact, kind = values.pop("noact"), values.pop("kind")
+        return cls(kind, **{k: int(v) for k, v in values.items()},
+                   activation=kind != "linear" and noact is None)
+
+    @property
+    def out_size(self) -> int:
+        """Output height/width in pixels ("same" padding); 1 for a linear layer."""
+        return 1 if self.kind == "linear" else -(-self.in_size // self.stride)
+
+    @property
+    def groups(self) -> int:
+        return self.in_channels if self.kind == "dwconv" else 1
+
+    @property
+    def weight_count(self) -> int:
+        """Weights of the conv or fully-connected matrix (no bias, no batch norm)."""
+        return self.out_channels * (self.in_channels // self.groups) * max(self.kernel, 1) ** 2
+
+    def with_bits(self, weight_bits: int | None = None, act_bits: int | None = None
+                  ) -> OpSignature:
+        return replace(self, weight_bits=self.weight_bits if weight_bits is None else weight_bits,
+                       act_bits=self.act_bits if act_bits is None else act_bits)
+
+    def to_dict(self) -> dict[str, int | str | bool]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Human-readable, for error messages."""
+        act = "" if self.kind == "linear" else (" +act" if self.activation else " no act")
+        k = "" if self.kind == "linear" else f" k{self.kernel} s{self.stride}"
+        return (f"{self.kind} {self.in_channels}->{self.out_channels}{k} on "
+                f"{self.in_size}x{self.in_size}px, {self.weight_bits}-bit weights, "
+                f"{self.act_bits}-bit activations, batch {self.batch}{act}")
+
+
+SIGNATURE_FIELDS = tuple(f.name for f in fields(OpSignature))
+
+
+def has_activation(shape: LayerShape) -> bool:
+    """Whether an activation follows the layer in the extracted network.
+
+    The supernet's projection convs (names ending ``.pwl``) and linear heads have none; every
+    other conv (stem, expansion, depthwise) is followed by the space's activation.
+    """
+    return shape.kind != "linear" and not shape.name.endswith(".pwl")
+
+
+def unique_keys(slot: LayerSlot) -> tuple[str, ...]:
+    """A slot's shape keys without repeats (a later block's projection names its width twice)."""
+    return tuple(dict.fromkeys(slot.shape_keys))
+
+
+def slot_shapes(space: SearchSpace, slot: LayerSlot
+                ) -> Iterator[tuple[tuple[int, ...], LayerShape]]:
+    """Every ``(choice indices, shape)`` a slot takes, over the product of its keys' choices."""
+    keys = unique_keys(slot)
+    choices = [space.decision(k).choices for k in keys]
+    for idx in itertools.product(*(range(len(c)) for c in choices)):
+        values = {k: c[i] for k, c, i in zip(keys, choices, idx, strict=True)}
+        yield idx, slot.build(values)
+
+
+def enumerate_signatures(space: SearchSpace, batch: int = 1) -> set[OpSignature]:
+    """Every signature any member of ``space`` can run, at ``batch`` samples."""
+    return {OpSignature.from_shape(shape, batch)
+            for slot in layer_slots(space) for _, shape in slot_shapes(space, slot)}
+
+
+def space_fingerprint(space: SearchSpace) -> str:
+    """A short hash of everything in a space that shapes its layers.
+
+    Decisions, stages, stem, input, classes, activation and channel divisor; not the name, so a
+    renamed copy of a space still matches its table.
+    """
+    desc = {
+        "decisions": [[d.key, d.kind, list(d.choices)] for d in space.decisions],
+        "stages": [asdict(s) for s in space.stages],
+        "stem": asdict(space.stem),
+        "input": [space.input_channels, space.input_size],
+        "num_classes": space.num_classes,
+        "act": space.act,
+        "channel_divisor": space.channel_divisor,
+    }
+    text = json.dumps(desc, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

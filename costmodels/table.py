@@ -1,0 +1,270 @@
+"""`CostTable`: op signature → metrics, with the metadata that says where the numbers came from.
+
+Metrics are floats in the units their names say: ``latency_ms`` (milliseconds), ``energy_mj``
+(millijoules), ``weight_bytes`` / ``peak_activation_bytes`` (bytes), ``macs`` and ``bitops``
+(counts). A network's cost is the sum of its layers' costs, except ``peak_activation_bytes``,
+which is the max over layers (see `reduction`). A signature the table lacks is an error that
+names it and the command that builds a table covering the space — never a silent zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from costmodels.signature import (
+    SIGNATURE_FIELDS,
+    OpSignature,
+    enumerate_signatures,
+    space_fingerprint,
+)
+from supernet.space import SearchSpace
+
+FORMAT_VERSION = 1
+MAX_METRICS = frozenset({"peak_activation_bytes"})
+
+
+def reduction(metric: str) -> str:
+    """How layer costs combine into a network's: ``"max"`` for peak memory, else ``"sum"``."""
+    return "max" if metric in MAX_METRICS else "sum"
+
+
+class TableError(ValueError):
+    """A table that cannot be used as asked (wrong format, space or metric); names the fix."""
+
+
+class MissingSignatureError(LookupError):
+    """The table has no entry for a signature the architecture needs."""
+
+    def __init__(self, signature: OpSignature, table: CostTable):
+        self.signature = signature
+        meta = table.meta
+        space_file = meta.space_file or f"configs/spaces/{meta.space or '<space>'}.yaml"
+        super().__init__(
+            f"cost table {table.id} (target {meta.target!r}, space {meta.space!r}) has no entry "
+            f"for signature {signature.key} ({signature.describe()}). Build a table that covers "
+            f"the space with `hwnas costs build --space {space_file} --target {meta.target} "
+            f"--batch {signature.batch} --out <table.json>`."
+        )
+
+
+@dataclass
+class TableMeta:
+    """Where a table's numbers came from; ``spread`` is the median relative IQR of latencies."""
+
+    target: str
+    device: str = ""
+    method: str = ""  # "measured", "analytic", "imported from <file>"
+    space: str | None = None
+    space_fingerprint: str | None = None  # None: not tied to a space (e.g. an imported table)
+    space_file: str | None = None
+    torch_version: str = ""
+    batch: int = 1
+    threads: int | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    clock: str | None = None  # "wall" or "thread" (CPU time of the timing thread); measured only
+    spread: float | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
+        timespec="seconds"))
+    notes: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TableMeta:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TableError(f"table metadata has unknown field(s) {unknown}; known: "
+                             f"{sorted(known)}")
+        if "target" not in data:
+            raise TableError("table metadata lacks 'target' (e.g. 'cpu', 'cuda', 'edgetpu')")
+        return cls(**data)
+
+    def for_space(self, space: SearchSpace, space_file: str | None = None) -> TableMeta:
+        return replace(self, space=space.name, space_fingerprint=space_fingerprint(space),
+                       space_file=space_file or self.space_file)
+
+
+class CostTable:
+    """Signature key → {metric: value}; look costs up, check coverage, save and load."""
+
+    def __init__(self, entries: Mapping[str, Mapping[str, float]], meta: TableMeta):
+        if meta.format_version != FORMAT_VERSION:
+            raise TableError(f"table format_version {meta.format_version} is not supported "
+                             f"(this hwnas reads version {FORMAT_VERSION}); rebuild it with "
+                             "`hwnas costs build`")
+        self.meta = meta
+        self.entries: dict[str, dict[str, float]] = {}
+        for key, metrics in entries.items():
+            OpSignature.parse(key)  # reject malformed keys early
+            self.entries[key] = {m: float(v) for m, v in metrics.items()}
+
+    # -- lookups ------------------------------------------------------------------------------
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Metrics present in every entry."""
+        sets = [set(m) for m in self.entries.values()]
+        return tuple(sorted(set.intersection(*sets))) if sets else ()
+
+    def check_metric(self, metric: str) -> None:
+        if metric not in self.metrics:
+            raise TableError(f"metric {metric!r} is not in cost table {self.id} (target "
+                             f"{self.meta.target!r}); available metrics: {list(self.metrics)}")
+
+    def lookup(self, sig: OpSignature | str, metric: str) -> float:
+        """The cost of one signature in ``metric``'s units."""
+        key = sig if isinstance(sig, str) else sig.key
+        entry = self.entries.get(key)
+        if entry is None:
+            raise MissingSignatureError(OpSignature.parse(key), self)
+        if metric not in entry:
+            self.check_metric(metric)
+            raise TableError(f"entry {key} of cost table {self.id} lacks metric {metric!r}")
+        return entry[metric]
+
+    def __contains__(self, sig: OpSignature | str) -> bool:
+        return (sig if isinstance(sig, str) else sig.key) in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def missing(self, space: SearchSpace) -> list[OpSignature]:
+        """Signatures of ``space`` (at the table's batch) that the table lacks, sorted."""
+        return sorted(s for s in enumerate_signatures(space, self.meta.batch) if s not in self)
+
+    def check_covers(self, space: SearchSpace) -> None:
+        """Raise unless this table was built for ``space`` and prices every layer it can run."""
+        fp = self.meta.space_fingerprint
+        if fp is not None and fp != space_fingerprint(space):
+            raise TableError(
+                f"cost table {self.id} was built for space {self.meta.space!r} (fingerprint "
+                f"{fp}), not for space {space.name!r} (fingerprint {space_fingerprint(space)}); "
+                f"build one for it with `hwnas costs build --space <its yaml> --target "
+                f"{self.meta.target} --out <table.json>`")
+        missing = self.missing(space)
+        if missing:
+            raise MissingSignatureError(missing[0], self)
+
+    # -- identity and files -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": asdict(self.meta), "entries": {k: self.entries[k]
+                                                      for k in sorted(self.entries)}}
+
+    @property
+    def id(self) -> str:
+        """A content hash: equal tables (entries and metadata) have equal ids."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (a temporary file, then a rename), so readers never see half."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostTable:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cost table {str(path)!r} does not exist; build one with "
+                                    "`hwnas costs build --space <space.yaml> --target cpu "
+                                    f"--out {path}`")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "meta" not in data or "entries" not in data:
+            raise TableError(f"{path}: not a cost table (expected keys 'meta' and 'entries')")
+        version = data["meta"].get("format_version")
+        if version != FORMAT_VERSION:
+            raise TableError(f"{path}: table format_version {version!r} is not supported (this "
+                             f"hwnas reads version {FORMAT_VERSION}); rebuild it with "
+                             "`hwnas costs build`")
+        return cls(data["entries"], TableMeta.from_dict(data["meta"]))
+
+    # -- CSV ----------------------------------------------------------------------------------
+    @classmethod
+    def from_csv(cls, path: str | Path, meta: TableMeta) -> CostTable:
+        """Import a table measured elsewhere (e.g. by a hardware team).
+
+        One row per layer signature. Columns: ``kind`` (conv, dwconv or linear),
+        ``in_channels``, ``out_channels``, ``kernel`` (0 for linear), ``stride``, ``in_size``
+        (input height = width, pixels), ``weight_bits``, ``act_bits`` (32 = float), ``batch``,
+        optional ``activation`` (1/0: whether the space's activation follows the conv; when the
+        column is absent, each row prices both), then one column per metric, named with its unit
+        (``latency_ms``, ``energy_mj``, ``weight_bytes``…). Empty metric cells are left out.
+        """
+        path = Path(path)
+        required = [f for f in SIGNATURE_FIELDS if f != "activation"]
+        entries: dict[str, dict[str, float]] = {}
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            lacking = [c for c in required if c not in header]
+            if lacking:
+                raise TableError(f"{path}: missing column(s) {lacking}; a cost CSV needs "
+                                 f"{required} (+ optional 'activation') and metric columns")
+            metric_cols = [c for c in header if c not in SIGNATURE_FIELDS]
+            if not metric_cols:
+                raise TableError(f"{path}: no metric columns (e.g. latency_ms) besides "
+                                 f"{list(SIGNATURE_FIELDS)}")
+            for line, row in enumerate(reader, 2):
+                try:
+                    sig = OpSignature(row["kind"].strip(),
+                                      *(int(row[c]) for c in required[1:]),
+                                      activation=False)
+                    metrics = {m: float(row[m]) for m in metric_cols
+                               if (row[m] or "").strip() != ""}
+                except (ValueError, TypeError) as e:
+                    raise TableError(f"{path}:{line}: bad row {dict(row)}: {e}") from e
+                for s in _activation_variants(sig, row.get("activation")):
+                    entries[s.key] = metrics
+        notes = f"{meta.notes} imported from {path.name}".strip()
+        return cls(entries, replace(meta, notes=notes, method=meta.method or "imported"))
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the entries as CSV (the columns `from_csv` reads, ``activation`` included)."""
+        path = Path(path)
+        metrics = sorted({m for e in self.entries.values() for m in e})
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*SIGNATURE_FIELDS, *metrics])
+            for key in sorted(self.entries):
+                sig = OpSignature.parse(key).to_dict()
+                sig["activation"] = int(sig["activation"])
+                writer.writerow([*(sig[c] for c in SIGNATURE_FIELDS),
+                                 *(repr(self.entries[key][m]) if m in self.entries[key] else ""
+                                   for m in metrics)])
+        return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _activation_variants(sig: OpSignature, flag: str | None) -> Iterable[OpSignature]:
+    if sig.kind == "linear":
+        return [sig]
+    if flag is None or flag.strip() == "":
+        return [replace(sig, activation=True), sig]
+    if flag.strip().lower() not in {"0", "1", "true", "false"}:
+        raise TableError(f"activation column: expected 1/0 or true/false, got {flag!r}")
+    return [replace(sig, activation=flag.strip().lower() in {"1", "true"})]

@@ -1,0 +1,92 @@
+import random
+
+import pytest
+import torch
+
+from costmodels import ExpectedCost, table_cost
+
+
+def _interior(space, seed: int, requires_grad: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {d.key: torch.softmax(torch.randn(len(d.choices), generator=g, dtype=torch.float64),
+                                 0).requires_grad_(requires_grad)
+            for d in space.decisions}
+
+
+@pytest.mark.parametrize("metric", ["latency_ms", "energy_mj", "macs", "bitops",
+                                    "weight_bytes", "peak_activation_bytes"])
+def test_one_hot_equals_the_concrete_table_cost(tiny, tiny_table, metric):
+    cost = ExpectedCost(tiny, tiny_table, metric)
+    rng = random.Random(1)
+    for arch in [tiny.largest(), tiny.smallest()] + [tiny.sample(rng) for _ in range(60)]:
+        expected = cost(tiny.one_hot(arch))
+        assert expected.dtype == torch.float64
+        assert expected.item() == cost.concrete(arch) == table_cost(tiny, tiny_table, arch,
+                                                                    metric)
+
+
+@pytest.mark.parametrize("metric", ["latency_ms", "macs"])
+def test_gradient_matches_finite_differences(tiny, tiny_table, metric):
+    cost = ExpectedCost(tiny, tiny_table, metric)
+    keys = [d.key for d in tiny.decisions]
+    for seed in range(3):
+        probs = _interior(tiny, seed, requires_grad=True)
+        scale = cost(probs).detach()  # gradcheck's tolerances are absolute: work in units of E
+
+        def f(*vectors, scale=scale):
+            return cost(dict(zip(keys, vectors, strict=True))) / scale
+
+        assert torch.autograd.gradcheck(f, tuple(probs[k] for k in keys), eps=1e-6,
+                                        atol=1e-7, rtol=1e-5)
+
+
+def test_budget_term_alone_moves_every_shaping_decision(tiny, tiny_table):
+    probs = _interior(tiny, 0, requires_grad=True)
+    ExpectedCost(tiny, tiny_table, "macs")(probs).backward()
+    for d in tiny.decisions:
+        if d.kind in {"width", "depth", "expand", "kernel", "exit"} and len(d.choices) > 1:
+            grad = probs[d.key].grad
+            assert grad is not None and grad[-1] > grad[0], d.key
+
+
+@pytest.mark.parametrize("metric,kinds", [
+    ("macs", {"width", "depth", "expand", "kernel", "exit"}),
+    ("bitops", {"width", "depth", "expand", "kernel", "exit", "wbits", "abits"}),
+    ("weight_bytes", {"width", "depth", "expand", "kernel", "exit", "wbits"}),
+])
+def test_moving_mass_to_dearer_choices_costs_more(tiny, tiny_table, metric, kinds):
+    cost = ExpectedCost(tiny, tiny_table, metric)
+    for seed in range(3):
+        probs = _interior(tiny, seed)
+        base = cost(probs).item()
+        for d in tiny.decisions:
+            if d.kind not in kinds or len(d.choices) < 2:
+                continue
+            p = probs[d.key].clone()
+            shifted = p.clone()
+            shifted[0], shifted[-1] = 0.5 * p[0], p[-1] + 0.5 * p[0]
+            assert cost({**probs, d.key: shifted}).item() > base, (metric, d.key)
+
+
+def test_float32_probabilities_and_missing_keys(tiny, tiny_table):
+    cost = ExpectedCost(tiny, tiny_table, "latency_ms")
+    probs = {k: v.float() for k, v in tiny.one_hot(tiny.largest()).items()}
+    assert cost(probs).item() == pytest.approx(cost.concrete(tiny.largest()))
+    del probs["exit"]
+    with pytest.raises(KeyError, match="exit"):
+        cost(probs)
+
+
+def test_several_metrics_at_once(tiny, tiny_table):
+    costs = ExpectedCost.for_metrics(tiny, tiny_table, ["latency_ms", "weight_bytes"])
+    probs = tiny.one_hot(tiny.smallest())
+    assert {m: c(probs).item() for m, c in costs.items()} == {
+        m: table_cost(tiny, tiny_table, tiny.smallest(), m) for m in costs}
+
+
+def test_another_spaces_table_is_refused(tiny, tiny_table):
+    from costmodels import TableError
+    from supernet import SearchSpace
+
+    with pytest.raises(TableError, match="built for space"):
+        ExpectedCost(SearchSpace({**tiny.spec, "num_classes": 7}), tiny_table)
