@@ -73,7 +73,7 @@ class OpSignature:
         """The signature of a layer of the supernet run with ``batch`` samples."""
         return cls(shape.kind, shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
                    shape.in_size, shape.weight_bits, shape.act_bits, batch,
-                   activation=has_activation(shape))
+                   activation=shape.activation)
 
     @property
     def key(self) -> str:
@@ -128,15 +128,6 @@ class OpSignature:
 
 
 SIGNATURE_FIELDS = tuple(f.name for f in fields(OpSignature))
-
-
-def has_activation(shape: LayerShape) -> bool:
-    """Whether an activation follows the layer in the extracted network.
-
-    The supernet's projection convs (names ending ``.pwl``) and linear heads have none; every
-    other conv (stem, expansion, depthwise) is followed by the space's activation.
-    """
-    return shape.kind != "linear" and not shape.name.endswith(".pwl")
 
 
 def unique_keys(slot: LayerSlot) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ class LayerShape:
     weight_bits: int = FLOAT_BITS
     act_bits: int = FLOAT_BITS
     batch_norm: bool = True
+    activation: bool = True  # False for the linear projection convs and the classifiers
 
     @property
     def out_size(self) -> int:
@@ -94,7 +95,8 @@ def layer_slots(space: SearchSpace) -> list[LayerSlot]:
             slots.append(LayerSlot(
                 f"exit{i}.fc", (p + "width",), (("exit", i),),
                 lambda v, k=p + "width", n=f"exit{i}.fc", s=size: LayerShape(
-                    n, "linear", int(v[k]), space.num_classes, 0, 1, s, batch_norm=False),
+                    n, "linear", int(v[k]), space.num_classes, 0, 1, s, batch_norm=False,
+                    activation=False),
             ))
     return slots
 
@@ -110,7 +112,8 @@ def _block_layer_builder(space: SearchSpace, name: str, op: str, cin_key: str | 
         if op == "dw":
             return LayerShape(name, "dwconv", mid, mid, int(v[p + "kernel"]), stride, in_size,
                               **bits)
-        return LayerShape(name, "conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits)
+        return LayerShape(name, "conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits,
+                          activation=False)
 
     return build
 

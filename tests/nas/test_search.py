@@ -1,7 +1,7 @@
 """The search end to end on the tiny space and synthetic data: budgets steer, resumes are exact."""
 
-import pytorch_lightning as L
 import pytest
+import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 

@@ -1,0 +1,201 @@
+"""Export of a trained search: files, weights-only loading, ONNX, Pareto front, atomicity."""
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import nas.export
+from costmodels.profile import torch_threads
+from nas.data import SyntheticDataModule
+from nas.export import export_command, export_family, log_artifact
+from nas.quickstart import ensure_table, run_search
+from nas.recalibrate import recalibrate_bn
+from supernet import SpaceError
+from supernet.runtime import load_member
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "spaces" / "tiny.yaml"
+FAST = {"recal_batches": 2, "latency_repeats": 3, "progress": False}
+
+
+def data():
+    return SyntheticDataModule(num_samples=256, batch_size=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):  # a shared 2-core machine: one thread is faster than two fighting
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("search")
+    table = ensure_table(TINY, d / "table.json", measured=False)
+    search, ckpt = run_search(TINY, table, data(), d, epochs=1, limit_train_batches=4,
+                              limit_val_batches=1, progress=False)
+    return search, ckpt
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "family"
+    result = export_family(trained[0], out, data(), members=3, samples=1,
+                           budgets={"latency_ms": [1e9]}, **FAST)
+    return result
+
+
+def plain(obj) -> bool:
+    """Only tensors, dicts, lists, strings and numbers (what weights-only loading allows)."""
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return all(plain(v) for v in obj)
+    return obj is None or isinstance(obj, str | int | float | bool | torch.Tensor)
+
+
+def test_export_writes_every_file_and_they_load_weights_only(exported):
+    out = exported.out
+    names = [m.name for m in exported.family.members]
+    assert len(names) >= 3
+    family = torch.load(out / "family.pt", weights_only=True)
+    assert plain(family)
+    assert [m["name"] for m in family["members"]] == names
+    assert family["table_id"] and family["space"]["name"] == "tiny"
+    for m in family["members"]:
+        assert m["bn"] and all(isinstance(t, torch.Tensor) for t in m["bn"].values())
+    for name in names:
+        mdir = out / "members" / name
+        state = torch.load(mdir / "model.pt", weights_only=True)
+        assert all(isinstance(t, torch.Tensor) for t in state.values())
+        meta = json.loads((mdir / "config.json").read_text())
+        assert meta["name"] == name and meta["config"] == exported.family[name].config.to_dict()
+        assert meta["onnx"]["max_abs_diff"] <= 1e-4
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
+
+
+def test_onnx_matches_torch_within_1e_4(exported):
+    for m in exported.family.members:
+        mdir = exported.out / "members" / m.name
+        static = load_member(mdir)
+        x = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+        got = ort.InferenceSession(str(mdir / "model.onnx")).run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            want = [z.numpy() for z in static(x)]
+        assert len(got) == len(want) == len(static.exit_stages)
+        assert max(np.abs(g - w).max() for g, w in zip(got, want, strict=True)) <= 1e-4
+
+
+def test_pareto_json_describes_every_member(exported):
+    doc = json.loads((exported.out / "pareto.json").read_text())
+    records = doc["records"]
+    members = [r for r in records if r["kind"] == "member"]
+    assert [r["name"] for r in members] == [m.name for m in exported.family.members]
+    assert [r["kind"] for r in records].count("sample") == 1
+    for r in records:
+        assert set(r) >= {"name", "config", "costs", "accuracy", "measured_latency_ms",
+                          "on_front"}
+        assert r["measured_latency_ms"] > 0 and all(0 <= a <= 1 for a in r["accuracy"])
+        assert set(r["on_front"]) >= {"latency_ms", "macs", "measured_latency_ms"}
+    for r in members:
+        assert len(r["accuracy"]) == len(r["exit_costs"]["latency_ms"])
+        assert r["onnx_max_abs_diff"] <= 1e-4
+    for metric in records[0]["on_front"]:
+        assert any(r["on_front"][metric] for r in records)
+    assert doc["meta"]["budget_picks"] == exported.family.budget_picks
+
+
+def test_a_config_outside_the_space_is_a_clear_error(trained, tmp_path):
+    bad = trained[0].search_space.largest().replace(stage1__width=10)
+    with pytest.raises(SpaceError, match=r"does not belong to the checkpoint's space.*width=10"):
+        export_family(trained[0], tmp_path / "out", data(), configs=[bad], **FAST)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crash_leaves_the_previous_export_and_no_temporary_files(trained, tmp_path,
+                                                                    monkeypatch):
+    out = tmp_path / "out"
+    kw = {**FAST, "members": 2, "onnx": False, "latency_device": None}
+    export_family(trained[0], out, data(), **kw)
+    before = (out / "family.pt").read_bytes()
+    real, calls = nas.export.evaluate_member, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nas.export, "evaluate_member", flaky)
+    with pytest.raises(RuntimeError, match="power cut"):
+        export_family(trained[0], out, data(), **kw)
+    assert (out / "family.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_artifact_is_logged_only_when_a_wandb_run_is_active(tmp_path, monkeypatch):
+    logged = []
+
+    class Artifact:
+        def __init__(self, name, type, metadata):
+            self.name, self.type, self.metadata, self.dirs = name, type, metadata, []
+
+        def add_dir(self, path):
+            self.dirs.append(path)
+
+    fake = SimpleNamespace(run=None, Artifact=Artifact)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert not log_artifact(tmp_path, "family-tiny", {})
+    fake.run = SimpleNamespace(log_artifact=logged.append)
+    assert log_artifact(tmp_path, "family-tiny", {"table_id": "abc"})
+    assert logged[0].type == "model" and logged[0].dirs == [str(tmp_path)]
+
+
+def test_export_command_end_to_end(trained, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["--ckpt", str(trained[1]), "--out", str(out), "--data", "synthetic", "--members",
+            "2", "--budgets", "latency_ms=1000", "--recal-batches", "1", "--test-batches", "1",
+            "--latency-repeats", "3", "--no-onnx", "--no-progress"]
+    assert export_command(argv) == 0
+    text = capsys.readouterr().out
+    assert "m0" in text and "acc@1" in text
+    family = torch.load(out / "family.pt", weights_only=True)
+    assert family["budget_picks"] == {"latency_ms<=1000": family["members"][-1]["name"]}
+    configs = tmp_path / "bad.json"
+    configs.write_text(json.dumps([{"stage1.width": 10}]))
+    with pytest.raises(SystemExit) as err:
+        export_command(argv + ["--configs", str(configs), "--out", str(tmp_path / "x")])
+    assert err.value.code == 2
+    assert "does not belong" in capsys.readouterr().err
+
+
+def test_recalibration_is_a_cumulative_average_and_restores_the_mode():
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)).eval()
+    net[1].running_mean.fill_(5.0)
+    batches = [(torch.randn(4, 1, 6, 6) + i, None) for i in range(3)]
+    recalibrate_bn(net, batches, num_batches=2)
+    with torch.no_grad():
+        means = [net[0](x).mean((0, 2, 3)) for x, _ in batches[:2]]
+    assert torch.allclose(net[1].running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    assert net[1].momentum == 0.1 and not net.training
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate_bn(net, [], 1)
+
+
+@pytest.mark.slow
+def test_quickstart_fast_smoke_run(tmp_path, capsys):
+    from nas.quickstart import quickstart_command
+
+    argv = ["--fast", "--out", str(tmp_path), "--members", "3", "--latency-repeats", "3",
+            "--no-progress"]
+    assert quickstart_command(argv) == 0
+    assert (tmp_path / "export" / "family.pt").is_file()
+    assert (tmp_path / "search.ckpt").is_file() and (tmp_path / "alpha.json").is_file()
+    assert "front" in capsys.readouterr().out
