@@ -30,14 +30,16 @@ def combine(a: Choice, b: Choice, fn: Callable[[Number, Number], Number]) -> Cho
     """``fn(a, b)`` for concrete values; for mixes, the joint `Mix` (independent decisions)."""
     if not isinstance(a, Mix) and not isinstance(b, Mix):
         return fn(a, b)
-    a, b = as_mix(a), as_mix(b)
+    like = (a if isinstance(a, Mix) else b).probs
+    a, b = as_mix(a, like), as_mix(b, like)
     probs = torch.outer(a.probs, b.probs).flatten()
     values = tuple(fn(x, y) for x, y in itertools.product(a.values, b.values))
     return Mix(probs, values)
 
 
-def as_mix(c: Choice) -> Mix:
-    return c if isinstance(c, Mix) else Mix(torch.ones(1), (c,))
+def as_mix(c: Choice, like: torch.Tensor) -> Mix:
+    """A concrete value as a certain `Mix` (on ``like``'s device and dtype)."""
+    return c if isinstance(c, Mix) else Mix(torch.ones(1).to(like), (c,))
 
 
 def prefix_mask(width: Mix, size: int) -> torch.Tensor:

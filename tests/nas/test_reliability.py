@@ -15,9 +15,7 @@ from nas.checkpoint_io import SafeCheckpointIO
 from nas.data import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
 from supernet.io import CorruptFileError
-from tests.conftest import ROOT
-
-from .conftest import TINY
+from tests.conftest import ROOT, TINY
 
 
 class PoisonedSearch(SupernetSearch):

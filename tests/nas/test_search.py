@@ -9,8 +9,7 @@ from nas.budget import BudgetSpec
 from nas.callbacks import AlphaHistory, TemperatureSchedule
 from nas.data import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def make_search(table: str, **kwargs) -> SupernetSearch:
