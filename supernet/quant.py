@@ -39,20 +39,39 @@ def mixed_weight(w: torch.Tensor, bits: Choice) -> torch.Tensor:
     return sum(p * quantize_weight(w, int(b)) for p, b in zip(bits.probs, bits.values, strict=True))
 
 
-def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Forward exactly ``x``, backward gradient times ``scale`` (LSQ's step-size scaling)."""
-    scaled = x * scale
-    return x.detach() + (scaled - scaled.detach())
+class _LSQ(torch.autograd.Function):
+    """Fused LSQ fake quantization: one saved tensor and a handful of ops instead of a chain of
+    straight-through tricks (activation quantizers dominate the relaxed network's run time)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, g: float):
+        scaled = x / step
+        ctx.save_for_backward(scaled, step)
+        ctx.bounds = (qn, qp, g)
+        return torch.clamp(torch.round(scaled), -qn, qp) * step
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scaled, step = ctx.saved_tensors
+        qn, qp, g = ctx.bounds
+        inside = (scaled >= -qn) & (scaled <= qp)
+        grad_x = grad * inside  # straight-through inside the range, zero where clipped
+        # d(q·s)/ds = round(x/s) − x/s inside the range, the clipping bound outside (LSQ)
+        d_step = torch.clamp(torch.round(scaled), -qn, qp) - scaled * inside
+        grad_step = (grad * d_step).sum().reshape(step.shape) * g
+        return grad_x, grad_step, None, None, None
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed LSQ fake quantization of an activation with a learned ``step`` (32 → unchanged)."""
+    """Signed LSQ fake quantization of an activation with a learned ``step`` (32 → unchanged).
+
+    The step's gradient is scaled by ``1/sqrt(numel · qp)`` as LSQ prescribes.
+    """
     if bits >= FLOAT_BITS:
         return x
     qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     g = 1.0 / math.sqrt(max(x[0].numel(), 1) * qp)
-    s = _grad_scale(step.abs().clamp_min(1e-8), g)
-    return round_ste((x / s).clamp(-qn, qp)) * s
+    return _LSQ.apply(x, step.abs().clamp_min(1e-8), qn, qp, g)
 
 
 def initial_step(bits: int) -> float:
