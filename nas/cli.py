@@ -56,12 +56,39 @@ def costs_command(argv: list[str]) -> int:
     return run(argv)
 
 
-# name -> Command; add new subcommands here (quickstart, search, costs, export, sweep, ...).
+def sweep_command(argv: list[str]) -> int:
+    """Run a W&B sweep file without a W&B server (offline runs, resumable)."""
+    from nas.sweep import sweep_command as run
+
+    return run(argv)
+
+
+def export_command(argv: list[str]) -> int:
+    """Export a search's nested family: family.pt, members, ONNX, Pareto front."""
+    from nas.export import export_command as run
+
+    return run(argv)
+
+
+def quickstart_command(argv: list[str]) -> int:
+    """Fashion-MNIST end to end: cost table, short search, family export, Pareto table."""
+    from nas.quickstart import quickstart_command as run
+
+    return run(argv)
+
+
+# name -> Command
 COMMANDS: dict[str, Command] = {
     "space": Command("show the decisions of a search-space YAML", space_command),
     "costs": Command("build, import and check hardware cost tables", costs_command),
     "search": Command("train the supernet and α under a budget (LightningCLI: fit/validate/test)",
                       search_command),
+    "sweep": Command("run a W&B sweep file offline: grid/random runs, results, Pareto plot",
+                     sweep_command),
+    "export": Command("export a search's nested family: family.pt, members, ONNX, Pareto front",
+                      export_command),
+    "quickstart": Command("Fashion-MNIST end to end: cost table, short search, family export",
+                          quickstart_command),
 }
 
 

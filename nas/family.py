@@ -69,27 +69,45 @@ def _step(space: SearchSpace, arch: ArchConfig, key: str, delta: int) -> ArchCon
                                  key: choices[choices.index(arch[key]) + delta]})
 
 
+def _steps_down(space: SearchSpace, log_probs: Mapping[str, torch.Tensor], cost: CostFn,
+                arch: ArchConfig, stop: ArchConfig):
+    """Every one-decision step down from ``arch`` (not below ``stop``): (config, saved, lost)."""
+    for d in space.decisions:
+        i, j = d.choices.index(arch[d.key]), d.choices.index(stop[d.key])
+        if i > j:
+            cand = _step(space, arch, d.key, -1)
+            yield cand, cost(arch) - cost(cand), float(log_probs[d.key][i]
+                                                       - log_probs[d.key][i - 1])
+
+
 def descend(space: SearchSpace, log_probs: Mapping[str, torch.Tensor], cost: CostFn,
             start: ArchConfig, stop: ArchConfig) -> list[ArchConfig]:
-    """The greedy path from ``start`` down to ``stop`` (``stop <= start``), both included."""
+    """The greedy path from ``start`` down to ``stop`` (``stop <= start``), both included.
+
+    A step is scored by the log-probability it gives up per unit of cost saved. A step that
+    saves nothing alone (lowering weight bits while activations stay wide, on a target that
+    runs at the wider of the two) is scored together with the best step it unlocks; one that
+    costs no probability either is free. Steps that save nothing at any price come last.
+    """
     if not stop <= start:
         raise ValueError(f"descend: {stop} is not nested in {start}")
     path, arch = [start], start
     while arch != stop:
-        best = None
-        for d in space.decisions:
-            i, j = d.choices.index(arch[d.key]), d.choices.index(stop[d.key])
-            if i <= j:
-                continue
-            cand = _step(space, arch, d.key, -1)
-            saved = cost(arch) - cost(cand)
-            lost = float(log_probs[d.key][i] - log_probs[d.key][i - 1])
-            # cost-saving steps first, by log-probability given up per unit saved
-            score = (0, lost / saved) if saved > 0 else (1, lost)
-            if best is None or score < best[0]:
-                best = (score, cand)
-        arch = best[1]
-        path.append(arch)
+        best: tuple | None = None
+        for cand, saved, lost in _steps_down(space, log_probs, cost, arch, stop):
+            options = [((0, lost / saved), [cand])] if saved > 0 else [((1, lost), [cand])]
+            if saved <= 0 and lost <= 0:
+                options.append(((0, -math.inf), [cand]))
+            elif saved <= 0:
+                for cand2, _, lost2 in _steps_down(space, log_probs, cost, cand, stop):
+                    saved2 = cost(arch) - cost(cand2)
+                    if saved2 > 0:
+                        options.append(((0, (lost + lost2) / saved2), [cand, cand2]))
+            for option in options:
+                if best is None or option[0] < best[0]:
+                    best = option
+        path += best[1]
+        arch = path[-1]
     return path
 
 
@@ -103,8 +121,7 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
     log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
     top, bottom = space.largest(), space.smallest()
     if start == "argmax":
-        mid = ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
-                               for d in space.decisions))
+        mid = argmax_config(space, probs)
         path = descend(space, log_probs, cost, top, mid)[:-1]
         path += descend(space, log_probs, cost, mid, bottom)
     elif start == "largest":
@@ -116,6 +133,11 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
         if not kept or cost(arch) < cost(kept[-1]):
             kept.append(arch)
     return kept[::-1]
+
+
+def argmax_config(space: SearchSpace, probs: Mapping[str, torch.Tensor]) -> ArchConfig:
+    return ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
+                            for d in space.decisions))
 
 
 def canonical(space: SearchSpace, arch: ArchConfig) -> ArchConfig:
@@ -177,11 +199,10 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
     else:
         path = nested_path(space, probs, costs[metric], start)
         picks = spread([costs[metric](a) for a in path], members)
-        if start == "argmax":  # the search's own answer is always a member
-            mid = ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
-                                   for d in space.decisions))
-            at = [i for i, a in enumerate(path) if a <= mid]
-            picks = sorted(set(picks) | {at[-1]})
+        if start == "argmax":  # the search's own answer (or a larger config as cheap) is kept
+            limit = costs[metric](argmax_config(space, probs)) * (1 + 1e-12)
+            picks = sorted(set(picks) | {max(i for i, a in enumerate(path)
+                                             if costs[metric](a) <= limit)})
     labels: dict[int, list[str]] = {}
     for m, values in (budgets or {}).items():
         for b in values:

@@ -79,7 +79,7 @@ def quickstart_command(argv: list[str]) -> int:
     parser.add_argument("--out", default="runs/quickstart", help="run directory")
     parser.add_argument("--epochs", type=int, default=None, help="search epochs (2; --fast: 1)")
     parser.add_argument("--limit-train-batches", type=int, default=None,
-                        help="training batches per epoch (60; --fast: 8)")
+                        help="training batches per epoch (30; --fast: 8)")
     parser.add_argument("--fast", action="store_true",
                         help="smoke run: tiny space, synthetic data, analytic table")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST root (default: system)")
@@ -109,8 +109,8 @@ def quickstart_command(argv: list[str]) -> int:
         else:
             space_file, epochs = FMNIST_SPACE, args.epochs or 2
             table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress)
-            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, seed=args.seed)
-            limit, recal, test_batches = args.limit_train_batches or 60, 20, args.test_batches
+            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64, seed=args.seed)
+            limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
         print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
         search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,
                                   limit_train_batches=limit,

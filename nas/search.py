@@ -15,9 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as L
-from pytorch_lightning.loggers import WandbLogger
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -28,7 +28,6 @@ from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from supernet import SearchSpace, SuperNet
 from supernet.io import LOAD_ERRORS, CorruptFileError, explain
-
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-
 # what torch.load raises on a truncated, tampered or foreign file
 LOAD_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
 
