@@ -2,7 +2,6 @@
 
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,34 +11,18 @@ import torch
 from torch import nn
 
 import nas.export
-from costmodels.profile import torch_threads
-from nas.data import SyntheticDataModule
 from nas.export import export_command, export_family, log_artifact
-from nas.quickstart import ensure_table, run_search
 from nas.recalibrate import recalibrate_bn
 from supernet import SpaceError
 from supernet.runtime import load_member
+from tests.conftest import synthetic_data as data
 
-TINY = Path(__file__).resolve().parents[2] / "configs" / "spaces" / "tiny.yaml"
 FAST = {"recal_batches": 2, "latency_repeats": 3, "progress": False}
 
 
-def data():
-    return SyntheticDataModule(num_samples=256, batch_size=32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):  # a shared 2-core machine: one thread is faster than two fighting
-        yield
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("search")
-    table = ensure_table(TINY, d / "table.json", measured=False)
-    search, ckpt = run_search(TINY, table, data(), d, epochs=1, limit_train_batches=4,
-                              limit_val_batches=1, progress=False)
+def trained(tiny_search):
+    search, ckpt, _ = tiny_search
     return search, ckpt
 
 

@@ -7,36 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from costmodels.profile import torch_threads
-from nas.data import SyntheticDataModule
 from nas.export import export_family
-from nas.quickstart import ensure_table, run_search
 from nas.recalibrate import evaluate_member
 from supernet.runtime import BudgetController, FamilyError, FamilyRuntime, load_member
+from tests.conftest import synthetic_data as data
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "spaces" / "tiny.yaml"
 RECAL = 2
 
 
-def data():
-    dm = SyntheticDataModule(num_samples=256, batch_size=32)
-    dm.setup("fit")
-    return dm
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):  # a shared 2-core machine: one thread is faster than two fighting
-        yield
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runtime")
-    table = ensure_table(TINY, d / "table.json", measured=False)
-    search, _ = run_search(TINY, table, data(), d, epochs=1, limit_train_batches=4,
-                           limit_val_batches=1, progress=False)
+def exported(tiny_search):
+    search, _, d = tiny_search
     export_family(search, d / "family", data(), members=4, recal_batches=RECAL,
                   latency_repeats=3, onnx=False, progress=False)
     return search, d / "family"
