@@ -83,7 +83,7 @@ COMMANDS: dict[str, Command] = {
     "costs": Command("build, import and check hardware cost tables", costs_command),
     "search": Command("train the supernet and α under a budget (LightningCLI: fit/validate/test)",
                       search_command),
-    "sweep": Command("run a W&B sweep file offline: grid/random runs, results, Pareto plot",
+    "sweep": Command("run a W&B sweep file without a W&B server (grid/random, resumable)",
                      sweep_command),
     "export": Command("export a search's nested family: family.pt, members, ONNX, Pareto front",
                       export_command),
