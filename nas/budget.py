@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from costmodels import ExpectedCost
@@ -29,8 +30,8 @@ LossKind = Literal["lagrangian", "hinge", "fbnet"]
 class BudgetSpec:
     """One budget: a cost-table metric and its limit.
 
-    Give ``target`` in the metric's units (ms, mJ, bytes…) or ``fraction`` of the largest
-    member's table cost. ``weight`` is λ for hinge, the initial λ for the Lagrangian, and α for
+    ``target`` is the budget in the metric's units (ms, mJ, bytes…); when it is not given,
+    ``fraction`` of the largest member's table cost is. ``weight`` is λ for hinge, the initial λ for the Lagrangian, and α for
     FBNet; ``dual_lr`` is the Lagrangian's η; ``beta`` is FBNet's exponent.
     """
 
@@ -85,10 +86,9 @@ class BudgetLoss(nn.Module):
 
 def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:
     """The budget in metric units; infeasible budgets fail here, before any training."""
-    if (spec.target is None) == (spec.fraction is None):
-        raise ValueError(f"budget for {spec.metric}: give exactly one of target (in the metric's "
-                         f"units) or fraction (of the largest member's cost); got "
-                         f"target={spec.target}, fraction={spec.fraction}")
+    if spec.target is None and spec.fraction is None:
+        raise ValueError(f"budget for {spec.metric}: give a target (in the metric's units) or a "
+                         f"fraction (of the largest member's cost); both are null")
     budget = spec.target if spec.target is not None else spec.fraction * largest
     if not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget for {spec.metric}: must be positive, got {budget}")
@@ -102,4 +102,7 @@ def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:
             f"budget for {spec.metric} ({budget:.6g}) is at or above the largest member's cost "
             f"{largest:.6g} (smallest {smallest:.6g}): it will not constrain the search",
             stacklevel=2)
+    how = "target" if spec.target is not None else f"{spec.fraction:.0%} of the largest member"
+    rank_zero_info(f"budget {spec.metric} <= {budget:.6g} ({how}; members cost {smallest:.6g} to "
+                   f"{largest:.6g}), {spec.loss} loss")
     return float(budget)

@@ -34,8 +34,10 @@ def test_infeasible_budget_is_an_error_with_both_costs(tiny_space, expected):
     assert f"{smallest:.6g}" in str(err.value) and f"{largest:.6g}" in str(err.value)
     with pytest.warns(UserWarning, match="will not constrain"):
         BudgetLoss(BudgetSpec(fraction=1.5), tiny_space, expected)
-    with pytest.raises(ValueError, match="exactly one of target"):
-        BudgetLoss(BudgetSpec(target=1.0, fraction=0.5), tiny_space, expected)
+    with pytest.raises(ValueError, match="give a target .* or a fraction"):
+        BudgetLoss(BudgetSpec(target=None, fraction=None), tiny_space, expected)
+    both = BudgetLoss(BudgetSpec(target=smallest * 2, fraction=0.9), tiny_space, expected)
+    assert both.budget == pytest.approx(smallest * 2)  # an explicit target wins
 
 
 def test_lagrange_multiplier_follows_dual_ascent(tiny_space, expected):
