@@ -4,8 +4,9 @@
 - ``fbnet``: FBNet's multiplicative form ``CE·α·log(E)^β``, here on the budget-normalised cost
   ``log₂(1 + E/B)`` so it is defined for any unit and equals ``CE·α`` on budget.
 - ``lagrangian``: ``λ·(E/B − 1)`` with λ updated by dual ascent after every α step,
-  ``λ ← max(0, λ + η(E/B − 1))``: λ grows while over budget and shrinks while under, a
-  feedback controller that lands E[cost] on the budget without hand-tuning λ.
+  ``λ ← max(0, λ + η(C/B − 1))``: λ grows while over budget and shrinks while under, a
+  feedback controller that lands the cost C on the budget without hand-tuning λ. C is E[cost]
+  under softmax(α) by default, or the argmax member's table cost (the architecture that ships).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class BudgetSpec:
 
     ``target`` is the budget in the metric's units (ms, mJ, bytes…); when it is not given,
     ``fraction`` of the largest member's table cost is. ``weight`` is λ for hinge, the initial λ for the Lagrangian, and α for
-    FBNet; ``dual_lr`` is the Lagrangian's η; ``beta`` is FBNet's exponent.
+    FBNet; ``dual_lr`` is the Lagrangian's η; ``beta`` is FBNet's exponent. ``dual_signal``
+    is what the multiplier controls: the cost of the ``argmax`` member (what gets deployed)
+    or the ``expected`` cost under softmax(α).
     """
 
     metric: str = "latency_ms"
@@ -42,6 +45,7 @@ class BudgetSpec:
     weight: float = 1.0
     dual_lr: float = 0.5
     beta: float = 0.6
+    dual_signal: Literal["argmax", "expected"] = "expected"
 
 
 class BudgetLoss(nn.Module):

@@ -141,24 +141,34 @@ class SupernetSearch(L.LightningModule):
         # E over the exit decision: the deepest exit is the network's answer
         per_exit = torch.stack([F.cross_entropy(z, y) for z in logits])
         task = (probs["exit"] * per_exit).sum()
-        loss, ratios = task, []
+        # costs under softmax(α) itself, not the noisy sample: a low-variance gradient
+        belief = self.arch.probs()
+        loss, costs = task, []
         for b in self.budgets:
-            cost, ratio = b.ratio(probs)
+            cost, ratio = b.ratio(belief)
             loss = loss + b.penalty(task, ratio)
-            ratios.append((b, cost, ratio))
+            costs.append((b, cost))
         if self.backward_if_finite(loss) is None:
             self.skip_step(opt, "arch")
         else:
             opt.step()
-            for b, cost, ratio in ratios:
-                ratio = self.all_reduce_mean(ratio.detach())
-                b.dual_update(ratio)
-                m = b.name
-                self.log(f"arch/expected_{m}", cost.detach().float())
-                self.log(f"arch/budget_gap_{m}", ratio.float() - 1, prog_bar=True)
-                self.log(f"arch/lambda_{m}", b.lam.float())
+            self.dual_step(costs)
             self.log("arch/loss_task", task.detach())
         self.untoggle_optimizer(opt)
+
+    def dual_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]]) -> None:
+        """Update each multiplier from the cost it controls (argmax member or E[cost])."""
+        argmax = self.arch.argmax()
+        for b, cost in costs:
+            m = b.name
+            expected = self.all_reduce_mean(cost.detach())
+            deployed = self.expected[m].concrete(argmax)
+            signal = deployed if b.spec.dual_signal == "argmax" else float(expected)
+            b.dual_update(torch.tensor(signal / b.budget))
+            self.log(f"arch/expected_{m}", expected.float())
+            self.log(f"arch/budget_gap_{m}", float(expected) / b.budget - 1, prog_bar=True)
+            self.log(f"arch/argmax_gap_{m}", deployed / b.budget - 1)
+            self.log(f"arch/lambda_{m}", b.lam.float())
 
     def backward_if_finite(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward and return the detached loss, or None (no backward) if it is NaN/Inf."""
