@@ -35,7 +35,8 @@ class BudgetSpec:
     ``fraction`` of the largest member's table cost is. ``weight`` is λ for hinge, the initial λ for the Lagrangian, and α for
     FBNet; ``dual_lr`` is the Lagrangian's η; ``beta`` is FBNet's exponent. ``dual_signal``
     is what the multiplier controls: the cost of the ``argmax`` member (what gets deployed)
-    or the ``expected`` cost under softmax(α).
+    or the ``expected`` cost under softmax(α). With ``equality`` the budget is a target rather
+    than a ceiling: λ may turn negative and push the cost up when it falls under the budget.
     """
 
     metric: str = "latency_ms"
@@ -46,6 +47,7 @@ class BudgetSpec:
     dual_lr: float = 0.5
     beta: float = 0.6
     dual_signal: Literal["argmax", "expected"] = "expected"
+    equality: bool = False
 
 
 class BudgetLoss(nn.Module):
@@ -84,8 +86,8 @@ class BudgetLoss(nn.Module):
     def dual_update(self, ratio: torch.Tensor) -> None:
         """Dual ascent on λ (Lagrangian only); pass the ratio all-reduced over ranks."""
         if self.spec.loss == "lagrangian":
-            step = self.spec.dual_lr * (float(ratio) - 1)
-            self.lam.copy_((self.lam + step).clamp_min(0.0))
+            lam = self.lam + self.spec.dual_lr * (float(ratio) - 1)
+            self.lam.copy_(lam if self.spec.equality else lam.clamp_min(0.0))
 
 
 def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:

@@ -49,6 +49,11 @@ def test_lagrange_multiplier_follows_dual_ascent(tiny_space, expected):
     for _ in range(5):
         b.dual_update(torch.tensor(0.2))
     assert float(b.lam) == 0.0
+    target = BudgetLoss(BudgetSpec(fraction=0.5, weight=0.0, dual_lr=0.5, equality=True),
+                        tiny_space, expected)
+    target.dual_update(torch.tensor(0.6))  # under a target budget: λ < 0 pushes the cost up
+    assert float(target.lam) == pytest.approx(-0.2)
+    assert float(target.penalty(torch.tensor(1.0), torch.tensor(0.6))) > 0
 
 
 def test_penalty_forms(tiny_space, expected):
