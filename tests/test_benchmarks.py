@@ -1,0 +1,76 @@
+"""The benchmark scripts: quick mode writes every figure's JSON with finite numbers."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import FIGURES
+from benchmarks.run_all import main
+
+# figure -> headline keys it must report
+HEADLINES = {
+    "supernet_overhead": {"relaxed_over_plain_time", "search_over_plain_time",
+                          "relaxed_over_plain_peak_memory", "search_over_plain_peak_memory",
+                          "plain_step_ms"},
+    "one_vs_many": {"worst_gap_pp", "mean_gap_pp", "family_over_largest_wall",
+                    "family_over_sum_wall", "family_over_largest_macs"},
+    "baselines": {"baselines", "baselines_matched", "mean_family_minus_baseline_pp"},
+    "early_exit": {"full_accuracy", "acc_at_0.9", "cost_over_full_at_0.9"},
+    "budget_adherence": {f"{loss}_{k}" for loss in ("lagrangian", "hinge", "fbnet")
+                         for k in ("mean_abs_dev", "max_ratio")},
+    "cost_fidelity": {"mape_pct", "kendall_tau", "within_10pct", "corrected_mape_pct",
+                      "switch_us", "load_ms", "load_over_switch"},
+}
+
+
+def finite_numbers(obj) -> list[float]:
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in finite_numbers(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in finite_numbers(x)]
+    return [obj] if isinstance(obj, int | float) and not isinstance(obj, bool) else []
+
+
+def check_figure(out: Path, name: str) -> dict:
+    doc = json.loads((out / f"{name}.json").read_text())
+    assert doc["figure"] == name and doc["mode"] == "quick"
+    assert {"nproc", "cpu", "torch"} <= set(doc["machine"])
+    assert doc["date"] and doc["command"]
+    headline = doc["headline"]
+    assert HEADLINES[name] <= set(headline), f"{name}: missing {HEADLINES[name] - set(headline)}"
+    for key in HEADLINES[name]:
+        assert isinstance(headline[key], float | int) and math.isfinite(headline[key]), key
+    assert all(math.isfinite(v) for v in finite_numbers(doc["results"]))
+    return doc
+
+
+def test_quick_overhead_figure(tmp_path):
+    """A smoke test of one figure through run_all (seconds)."""
+    assert main(["--quick", "--out", str(tmp_path), "--only", "supernet_overhead"]) == 0
+    doc = check_figure(tmp_path, "supernet_overhead")
+    times = doc["results"]["median_ms"]
+    assert set(times) == {"search", "relaxed", "plain"} and min(times.values()) > 0
+    assert (tmp_path / "supernet_overhead.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["figures"]) == ["supernet_overhead"]
+
+
+def test_unknown_figure_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--out", str(tmp_path), "--only", "nope"])
+    assert "unknown figures" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_all_writes_every_figure(tmp_path):
+    """The whole quick suite (about a minute on one core)."""
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    for name in FIGURES:
+        check_figure(tmp_path, name)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["figures"]) == set(FIGURES)
+    assert all("error" not in entry for entry in summary["figures"].values())
+    twins = json.loads((tmp_path / "one_vs_many.json").read_text())["results"]["members"]
+    assert len(twins) >= 2 and all(0 <= r["scratch_accuracy"] <= 1 for r in twins)
