@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from costmodels import ExpectedCost
-from supernet import SearchSpace
+from supernet import ArchConfig, SearchSpace
 
 LossKind = Literal["lagrangian", "hinge", "fbnet"]
 
@@ -58,7 +58,7 @@ class BudgetLoss(nn.Module):
         if spec.loss not in ("lagrangian", "hinge", "fbnet"):
             raise ValueError(f"budget.loss: must be lagrangian, hinge or fbnet, got {spec.loss!r}")
         self.spec, self.expected = spec, expected
-        self.smallest_cost = expected.concrete(space.smallest())
+        self.smallest_cost = expected.concrete(cheapest_config(space, expected.concrete))
         self.largest_cost = expected.concrete(space.largest())
         self.budget = resolve_target(spec, self.smallest_cost, self.largest_cost)
         self.register_buffer("lam", torch.tensor(float(spec.weight), dtype=torch.float64))
@@ -90,6 +90,17 @@ class BudgetLoss(nn.Module):
             self.lam.copy_(lam if self.spec.equality else lam.clamp_min(0.0))
 
 
+def cheapest_config(space: SearchSpace, cost) -> ArchConfig:
+    """The cheapest member by coordinate descent from `smallest()`: on a real target the
+    smallest choices are not always cheapest (a CPU runs float activations faster than
+    fake-quantized ones), and each decision's cheapest choice is found with the others fixed."""
+    arch = space.smallest()
+    for d in space.decisions:
+        arch = min((ArchConfig.from_dict({**arch.to_dict(), d.key: c}) for c in d.choices),
+                   key=cost)
+    return arch
+
+
 def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:
     """The budget in metric units; infeasible budgets fail here, before any training."""
     if spec.target is None and spec.fraction is None:
@@ -100,7 +111,7 @@ def resolve_target(spec: BudgetSpec, smallest: float, largest: float) -> float:
         raise ValueError(f"budget for {spec.metric}: must be positive, got {budget}")
     if budget < smallest:
         raise ValueError(
-            f"budget for {spec.metric} is infeasible: {budget:.6g} is below the smallest "
+            f"budget for {spec.metric} is infeasible: {budget:.6g} is below the cheapest "
             f"member's cost {smallest:.6g} (the largest costs {largest:.6g}); raise the budget "
             f"or shrink the space")
     if budget >= largest:

@@ -3,7 +3,7 @@ import torch
 
 from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters
-from nas.budget import BudgetLoss, BudgetSpec
+from nas.budget import BudgetLoss, BudgetSpec, cheapest_config
 
 
 @pytest.fixture
@@ -38,6 +38,18 @@ def test_infeasible_budget_is_an_error_with_both_costs(tiny_space, expected):
         BudgetLoss(BudgetSpec(target=None, fraction=None), tiny_space, expected)
     both = BudgetLoss(BudgetSpec(target=smallest * 2, fraction=0.9), tiny_space, expected)
     assert both.budget == pytest.approx(smallest * 2)  # an explicit target wins
+
+
+def test_cheapest_member_is_found_when_small_choices_are_not_cheapest(tiny_space):
+    """On a CPU table float activations are cheaper than fake-quantized ones."""
+    def cost(arch):  # smaller widths cheaper, but 32-bit activations cheapest
+        return sum(arch[f"stage{i}.width"] + (0 if arch[f"stage{i}.abits"] == 32 else 50)
+                   for i in (1, 2))
+
+    best = cheapest_config(tiny_space, cost)
+    assert best["stage1.abits"] == best["stage2.abits"] == 32
+    assert best["stage1.width"] == tiny_space.smallest()["stage1.width"]
+    assert cost(best) < cost(tiny_space.smallest())
 
 
 def test_lagrange_multiplier_follows_dual_ascent(tiny_space, expected):

@@ -242,7 +242,7 @@ def test_infeasible_budget_fails_alone_and_finished_runs_are_not_rerun(budget_sw
     results = json.loads((out / RESULTS).read_text())
     failed = [r for r in results["runs"] if r["status"] == "failed"]
     assert [r["parameters"]["model.budget.fraction"] for r in failed] == [0.01]
-    assert "below the smallest member's cost" in failed[0]["error"]
+    assert "below the cheapest member's cost" in failed[0]["error"]
     assert results["sweep"]["finished"] == 3
     assert before == {d: (out / d / RESULT).stat().st_mtime_ns for d in before}
     assert len(list(out.glob("*/wandb/offline-run-*"))) == wandb_runs
