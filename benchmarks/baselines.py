@@ -24,6 +24,7 @@ from benchmarks.common import (
     mode,
     options,
     pyplot,
+    save_axes,
     write_result,
 )
 from benchmarks.training import (
@@ -151,11 +152,7 @@ def plot(entries: list[dict], path: Path) -> None:
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("measured CPU latency (ms, batch 1, 1 thread)")
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_axes(fig, ax, path)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from costmodels.profile import device_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPACE = ROOT / "configs" / "spaces" / "tiny.yaml"
 FMNIST_SPACE = ROOT / "configs" / "spaces" / "fmnist.yaml"
@@ -103,13 +105,7 @@ def options(**kwargs: Any) -> Options:
 
 # -- the machine and result files -------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return device_name(torch.device("cpu"))
 
 
 def machine_info(opts: Options) -> dict[str, Any]:
@@ -308,3 +304,15 @@ def options_from_args(args: argparse.Namespace, command: str) -> Options:
 
 def with_options(opts: Options, **changes: Any) -> Options:
     return replace(opts, **changes)
+
+
+def save_axes(fig, ax, path: Path) -> Path:
+    """Grid, legend, tight layout, PNG: how every figure here ends."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import mode, options, pyplot, write_result
+from benchmarks.common import mode, options, pyplot, save_axes, write_result
 from benchmarks.training import scratch_twin, search_macs, shared_search
 from supernet import ArchConfig
 
@@ -88,11 +88,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("table latency (ms, CPU batch 1)")
     ax.set_ylabel("test accuracy (%) at the last exit")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_axes(fig, ax, path)
 
 
 if __name__ == "__main__":
