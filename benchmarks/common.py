@@ -205,9 +205,9 @@ def datamodule(quick: bool, data_dir: str | None = None, batch_size: int | None 
 
     bs = batch_size or mode(quick).batch_size
     if quick:
-        dm = SyntheticDataModule(num_samples=640, num_test=256, batch_size=bs, seed=seed)
+        dm = SyntheticDataModule(num_samples=640, num_test=256, batch_size=bs, data_seed=seed)
     else:
-        dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=bs, seed=seed)
+        dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=bs, data_seed=seed)
     dm.setup("fit")
     return dm
 

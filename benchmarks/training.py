@@ -69,7 +69,6 @@ def run_search(quick: bool, out_dir: str | Path, opts: Options, *, epochs: int |
     step times (``wall_s``, ``cpu_s``, ``steps``, ``samples``)."""
     import pytorch_lightning as L
 
-    from nas.callbacks import TemperatureSchedule
     from nas.search import SupernetSearch
 
     m = mode(quick)
@@ -81,7 +80,7 @@ def run_search(quick: bool, out_dir: str | Path, opts: Options, *, epochs: int |
     trainer = L.Trainer(
         max_epochs=epochs, limit_train_batches=limit, limit_val_batches=0,
         accelerator=opts.accelerator, devices=1, logger=False,
-        callbacks=[TemperatureSchedule(), clock, *callbacks], enable_checkpointing=False,
+        callbacks=[clock, *callbacks], enable_checkpointing=False,
         enable_progress_bar=opts.progress, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
     )

@@ -38,9 +38,10 @@ class ArchParameters(nn.Module):
     def logits(self, key: str) -> torch.Tensor:
         return self.alpha[_param_name(key)]
 
-    def probs(self) -> dict[str, torch.Tensor]:
-        """softmax(α) per decision — the distribution the search currently believes in."""
-        return {d.key: F.softmax(self.logits(d.key), -1) for d in self.space.decisions}
+    def probs(self, tau: float = 1.0) -> dict[str, torch.Tensor]:
+        """softmax(α/τ) per decision — the distribution the search currently believes in;
+        τ < 1 sharpens it toward the argmax member."""
+        return {d.key: F.softmax(self.logits(d.key) / tau, -1) for d in self.space.decisions}
 
     def distribution(self, relaxation: Relaxation = "softmax", tau: float = 1.0,
                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -85,12 +86,16 @@ class ArchParameters(nn.Module):
             for d, p in zip(self.space.decisions, self.probs().values(), strict=True)
         ))
 
-    @torch.no_grad()
-    def entropy(self) -> dict[str, float]:
-        """Normalised entropy per decision, in [0, 1]: 1 = undecided, 0 = settled."""
+    def entropies(self) -> dict[str, torch.Tensor]:
+        """Normalised entropy of softmax(α) per decision, in [0, 1] (1 = undecided, 0 =
+        settled); differentiable, so the search can penalise indecision."""
         out = {}
         for d, p in zip(self.space.decisions, self.probs().values(), strict=True):
             if len(d.choices) > 1:
-                h = -(p * p.clamp_min(1e-12).log()).sum()
-                out[d.key] = float(h) / math.log(len(d.choices))
+                out[d.key] = -(p * p.clamp_min(1e-12).log()).sum() / math.log(len(d.choices))
         return out
+
+    @torch.no_grad()
+    def entropy(self) -> dict[str, float]:
+        """`entropies` as floats, for logging."""
+        return {k: float(h) for k, h in self.entropies().items()}

@@ -1,4 +1,4 @@
-"""Callbacks for the search's side concerns: the temperature schedule and α's history plot."""
+"""α's history over a search, as JSON and a plot."""
 
 from __future__ import annotations
 
@@ -10,18 +10,6 @@ import pytorch_lightning as L
 from pytorch_lightning.loggers import WandbLogger
 
 from nas.search import SupernetSearch
-
-
-class TemperatureSchedule(L.Callback):
-    """Sets ``module.tau`` each epoch: exponential from ``tau_start`` to ``tau_end`` over the
-    epochs after warm-up. Derived from the epoch alone, so a resumed run gets the same τ."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: SupernetSearch) -> None:
-        hp = module.hparams
-        done = max(trainer.current_epoch - hp.warmup_epochs, 0)
-        span = max((trainer.max_epochs or 1) - hp.warmup_epochs - 1, 1)
-        frac = min(done / span, 1.0)
-        module.tau = hp.tau_start * math.exp(math.log(hp.tau_end / hp.tau_start) * frac)
 
 
 class AlphaHistory(L.Callback):

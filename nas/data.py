@@ -65,7 +65,9 @@ class SplitDataModule(L.LightningDataModule):
 
     Give the tensors directly (images float [N, C, H, W], labels long [N]) or subclass and
     override `load()`. The split is a fixed-seed permutation, so every rank and every rerun with
-    the same `seed` sees the same three disjoint index sets (`split_indices`).
+    the same `data_seed` sees the same three disjoint index sets (`split_indices`); the
+    batches' order follows it too. It is apart from the search's `seed` (which draws members),
+    so either can change alone.
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class SplitDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         batch_size: int = 128,
         num_workers: int = 0,
-        seed: int = 0,
+        data_seed: int = 0,
     ) -> None:
         super().__init__()
         _check_fraction("search_fraction", search_fraction)
@@ -97,7 +99,7 @@ class SplitDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.seed = seed
+        self.data_seed = data_seed
         self._given = (train_images, train_labels, test_images, test_labels)
         self.datasets: dict[str, TensorDataset] = {}
         self.split_indices: dict[str, Tensor] = {}
@@ -139,7 +141,7 @@ class SplitDataModule(L.LightningDataModule):
         n = len(train_x)
         n_search = round(n * self.search_fraction)
         n_val = round(n * self.val_fraction)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.data_seed))
         self.split_indices = {
             "search": perm[:n_search],
             "val": perm[n_search : n_search + n_val],
@@ -162,7 +164,7 @@ class SplitDataModule(L.LightningDataModule):
         if not self.datasets:
             raise RuntimeError(f"call setup() before asking for the {split} loader")
         dataset = self.datasets[split]
-        seed = self.seed * 1_009 + SPLITS.index(split) if split in SPLITS else self.seed
+        seed = self.data_seed * 1_009 + (SPLITS.index(split) if split in SPLITS else 0)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -255,14 +257,14 @@ class FashionMNISTDataModule(SplitDataModule):
         val_fraction: float = 0.1,
         batch_size: int = 128,
         num_workers: int = 0,
-        seed: int = 0,
+        data_seed: int = 0,
     ) -> None:
         super().__init__(
             search_fraction=search_fraction,
             val_fraction=val_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
-            seed=seed,
+            data_seed=data_seed,
         )
         self.data_dir = data_dir
 
@@ -298,7 +300,7 @@ class SyntheticDataModule(SplitDataModule):
         val_fraction: float = 0.1,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        data_seed: int = 0,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
@@ -309,7 +311,7 @@ class SyntheticDataModule(SplitDataModule):
             val_fraction=val_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
-            seed=seed,
+            data_seed=data_seed,
         )
         self.num_samples = num_samples
         self.num_test = num_test
@@ -327,7 +329,7 @@ class SyntheticDataModule(SplitDataModule):
         return self._num_classes
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.data_seed)
         coarse = min(4, self.image_size)
         templates = torch.randn(self._num_classes, self.channels, coarse, coarse, generator=g)
         size = (self.image_size, self.image_size)

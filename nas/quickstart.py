@@ -42,12 +42,11 @@ def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_d
                *, epochs: int = 2, limit_train_batches: int | float = 1.0,
                limit_val_batches: int | float = 1.0, progress: bool = True, seed: int = 0,
                **search_kwargs):
-    """A short search (Lightning, CPU, one process) with the temperature schedule and α
-    history; returns the trained `SupernetSearch` and the path of its checkpoint."""
+    """A short search (Lightning, CPU, one process) that records α's history; returns the trained `SupernetSearch` and the path of its checkpoint."""
     import pytorch_lightning as L
     from pytorch_lightning.loggers import CSVLogger
 
-    from nas.callbacks import AlphaHistory, TemperatureSchedule
+    from nas.callbacks import AlphaHistory
     from nas.search import SupernetSearch
 
     out_dir = Path(out_dir)
@@ -59,7 +58,7 @@ def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_d
         max_epochs=epochs, limit_train_batches=limit_train_batches,
         limit_val_batches=limit_val_batches, accelerator="cpu", devices=1,
         logger=CSVLogger(str(out_dir), name="search") if progress else False,
-        callbacks=[TemperatureSchedule(), AlphaHistory(str(out_dir))],
+        callbacks=[AlphaHistory(str(out_dir))],
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
         num_sanity_val_steps=0, default_root_dir=str(out_dir), log_every_n_steps=5,
     )
@@ -104,12 +103,13 @@ def quickstart_command(argv: list[str]) -> int:
             space_file, epochs = TINY_SPACE, args.epochs or 1
             table = ensure_table(space_file, args.table or out / "tiny_edgetpu.json",
                                  measured=False)
-            dm = SyntheticDataModule(num_samples=512, batch_size=32, seed=args.seed)
+            dm = SyntheticDataModule(num_samples=512, batch_size=32, data_seed=args.seed)
             limit, recal, test_batches = args.limit_train_batches or 8, 4, args.test_batches
         else:
             space_file, epochs = FMNIST_SPACE, args.epochs or 2
             table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress)
-            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64, seed=args.seed)
+            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64,
+                                        data_seed=args.seed)
             limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
         print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
         search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,

@@ -6,6 +6,13 @@ Each training step is two optimizer steps (manual optimization):
    distilled in place from the largest, so members sampled later work without retraining;
 2. α, on a held-out ``search`` batch — the exit-weighted task loss plus the budget penalties
    on E[cost]; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
+Two temperatures anneal exponentially over the α phase, batch by batch: ``tau`` of the
+relaxed samples (``tau_start`` → ``tau_end``) and ``cost_tau`` of the distribution the budget
+prices, softmax(α/cost_tau) (1 → ``cost_tau_end``). The latter moves the budgeted cost from
+E[cost] toward the argmax member's cost, so the member that ships lands on the budget, not
+only the average. ``arch_entropy`` weighs α's entropy in the α loss, ramped up from 0 over the
+same phase: it settles undecided choices, whose argmax would otherwise flip at random. All
+three follow from (epoch, batch), so a resumed run anneals identically.
 Random draws come from a generator seeded by (seed, epoch, batch), so every rank draws alike.
 """
 
@@ -45,12 +52,14 @@ class SupernetSearch(L.LightningModule):
         relaxation: Relaxation = "gumbel",
         tau_start: float = 5.0,
         tau_end: float = 0.5,
+        cost_tau_end: float = 0.1,
         warmup_epochs: int = 1,
         weight_optimizer: str = "sgd",
         weight_lr: float = 0.05,
         weight_decay: float = 4e-5,
         arch_lr: float = 3e-3,
         arch_weight_decay: float = 1e-3,
+        arch_entropy: float = 0.0,
         sandwich_random: int = 2,
         label_smoothing: float = 0.1,
         grad_clip: float = 5.0,
@@ -78,7 +87,10 @@ class SupernetSearch(L.LightningModule):
         n_exits = len(self.search_space.exit_stages)
         self.val_acc = torch.nn.ModuleList(
             MulticlassAccuracy(self.search_space.num_classes) for _ in range(n_exits))
-        self.tau = tau_start  # set each epoch by the TemperatureSchedule callback
+        for name in ("tau_start", "tau_end", "cost_tau_end"):
+            if not self.hparams[name] > 0:
+                raise ValueError(f"{name}: temperatures must be positive, got {self.hparams[name]}")
+        self.tau, self.cost_tau, self.progress = tau_start, 1.0, 0.0  # set by `anneal`
         self.bad_steps = 0
 
     # -- helpers ------------------------------------------------------------------------------
@@ -99,8 +111,21 @@ class SupernetSearch(L.LightningModule):
     def arch_frozen(self) -> bool:
         return self.current_epoch < self.hparams.warmup_epochs
 
+    def anneal(self, batch_idx: int) -> None:
+        """Set ``tau``, ``cost_tau`` and ``progress`` from the fraction of the α phase done."""
+        hp, trainer = self.hparams, self.trainer
+        per_epoch = max(int(trainer.num_training_batches), 1)
+        start = hp.warmup_epochs * per_epoch
+        total = trainer.estimated_stepping_batches  # inf when neither max_epochs nor max_steps
+        done = self.current_epoch * per_epoch + batch_idx - start
+        frac = min(max(done / max(total - start - 1, 1), 0.0), 1.0)
+        self.tau = hp.tau_start * (hp.tau_end / hp.tau_start) ** frac
+        self.cost_tau = hp.cost_tau_end ** frac
+        self.progress = frac
+
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
+        self.anneal(batch_idx)
         w_opt, a_opt = self.optimizers()
         gen = self.generator(batch_idx)
         self.weights_step(w_opt, *batch["train"], gen)
@@ -141,9 +166,12 @@ class SupernetSearch(L.LightningModule):
         # E over the exit decision: the deepest exit is the network's answer
         per_exit = torch.stack([F.cross_entropy(z, y) for z in logits])
         task = (probs["exit"] * per_exit).sum()
-        # costs under softmax(α) itself, not the noisy sample: a low-variance gradient
-        belief = self.arch.probs()
+        # costs under softmax(α/cost_tau), not the noisy sample: a low-variance gradient
+        belief = self.arch.probs(self.cost_tau)
         loss, costs = task, []
+        if self.hparams.arch_entropy:
+            indecision = sum(self.arch.entropies().values())
+            loss = loss + self.hparams.arch_entropy * self.progress * indecision
         for b in self.budgets:
             cost, ratio = b.ratio(belief)
             loss = loss + b.penalty(task, ratio)
@@ -154,6 +182,8 @@ class SupernetSearch(L.LightningModule):
             opt.step()
             self.dual_step(costs)
             self.log("arch/loss_task", task.detach())
+            self.log("arch/tau", self.tau)
+            self.log("arch/cost_tau", self.cost_tau)
         self.untoggle_optimizer(opt)
 
     def dual_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]]) -> None:
@@ -269,7 +299,6 @@ class SupernetSearch(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.weight_schedule.step(self.current_epoch)
         self.log("train/weight_lr", self.optimizers()[0].param_groups[0]["lr"])
-        self.log("arch/tau", self.tau)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hwnas"] = {

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.strategies import DDPStrategy
 
-from nas.callbacks import AlphaHistory, TemperatureSchedule
+from nas.callbacks import AlphaHistory
 from nas.data import SplitDataModule
 from nas.search import SupernetSearch
 
@@ -44,7 +44,6 @@ class SearchCLI(LightningCLI):
     """Adds the search's own callbacks (always on) and picks DDP for multi-process runs."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(TemperatureSchedule, "temperature")
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({

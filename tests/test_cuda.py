@@ -8,7 +8,6 @@ import torch
 
 from costmodels import CostTable
 from nas.budget import BudgetSpec
-from nas.callbacks import TemperatureSchedule
 from nas.data import SyntheticDataModule
 from nas.search import SupernetSearch
 from supernet import SuperNet, extract
@@ -41,7 +40,7 @@ def test_search_runs_on_one_gpu(tiny_space, tiny_table):
 
     trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=1, limit_train_batches=3,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        callbacks=[TemperatureSchedule(), RecordDevice()])
+                        callbacks=[RecordDevice()])
     trainer.fit(module, SyntheticDataModule(num_samples=384, batch_size=32))
     assert devices == ["cuda"] * 3
     assert any(p.abs().sum() > 0 for p in module.arch.parameters())  # α moved

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from costmodels import CostTable, ExpectedCost
 from nas.arch_params import RELAXATIONS, ArchParameters
 
 
@@ -61,3 +62,29 @@ def test_bad_relaxation_and_temperature_are_rejected(alpha):
         alpha.distribution("dirichlet")
     with pytest.raises(ValueError, match="tau: the temperature must be positive"):
         alpha.distribution("gumbel", tau=0)
+
+
+def test_sharpened_belief_prices_the_argmax_member(tiny_space, tiny_table):
+    """softmax(α/τ) at small τ gives E[cost] of the argmax member, the one that ships."""
+    expected = ExpectedCost(tiny_space, CostTable.load(tiny_table), "latency_ms")
+    a = ArchParameters(tiny_space)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    shipped = expected.concrete(a.argmax())
+    gaps = [abs(float(expected(a.probs(tau)).detach()) / shipped - 1) for tau in (1.0, 0.1, 0.01)]
+    assert gaps[0] > 0.02 and gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-6
+
+
+def test_entropy_penalty_settles_each_decision_on_its_argmax(tiny_space):
+    a = ArchParameters(tiny_space)
+    with torch.no_grad():
+        a.logits("stage1.width")[0] = 0.1  # a slight lead
+    before = a.argmax()
+    opt = torch.optim.SGD(a.parameters(), lr=1.0)
+    for _ in range(50):
+        opt.zero_grad()
+        sum(a.entropies().values()).backward()
+        opt.step()
+    assert a.entropy()["stage1.width"] < 0.1
+    assert a.argmax()["stage1.width"] == before["stage1.width"]

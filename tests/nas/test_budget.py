@@ -78,3 +78,50 @@ def test_penalty_forms(tiny_space, expected):
     assert float(on_budget) == pytest.approx(2.0 * 0.7)  # CE·α at E = B
     assert float(fbnet.penalty(task, torch.tensor(2.0))) > float(fbnet.penalty(task,
                                                                                torch.tensor(1.0)))
+
+
+def test_augmented_term_is_quadratic_and_one_sided_for_a_ceiling(tiny_space, expected):
+    def penalty(ratio: float, **kw) -> tuple[float, float]:
+        b = BudgetLoss(BudgetSpec(fraction=0.5, weight=1.0, rho=4.0, **kw), tiny_space, expected)
+        r = torch.tensor(ratio, dtype=torch.float64, requires_grad=True)
+        p = b.penalty(torch.tensor(1.0, dtype=torch.float64), r)
+        p.backward()
+        return float(p.detach()), float(r.grad)
+
+    assert penalty(1.5) == pytest.approx((0.5 + 2 * 0.25, 1 + 4 * 0.5))
+    assert penalty(0.5) == pytest.approx((-0.5, 1.0))  # a ceiling: no pull up from below
+    assert penalty(0.5, equality=True) == pytest.approx((-0.5 + 2 * 0.25, 1 - 4 * 0.5))
+    assert penalty(1.0, equality=True)[1] == pytest.approx(1.0)  # on budget: λ alone
+    with pytest.raises(ValueError, match="budget.rho"):
+        BudgetLoss(BudgetSpec(rho=-1.0), tiny_space, expected)
+
+
+def settle(space, expected, rho: float, steps: int = 150) -> list[float]:
+    """E/B − 1 over α steps under a task that always wants the largest choices (Adam on α,
+    as the search runs it)."""
+    torch.manual_seed(0)
+    alpha = ArchParameters(space)
+    budget = BudgetLoss(BudgetSpec(fraction=0.5, weight=0.0, dual_lr=0.2, rho=rho,
+                                   equality=True), space, expected)
+    opt = torch.optim.Adam(alpha.parameters(), lr=0.1, betas=(0.5, 0.999))
+    gaps = []
+    for _ in range(steps):
+        opt.zero_grad()
+        probs = alpha.probs()
+        task = -sum((p * torch.linspace(0, 0.1, len(p))).sum() for p in probs.values())
+        _, ratio = budget.ratio(probs)
+        (task + budget.penalty(task, ratio)).backward()
+        opt.step()
+        budget.dual_update(ratio.detach())
+        gaps.append(float(ratio.detach()) - 1)
+    return gaps
+
+
+def test_augmented_lagrangian_settles_on_the_budget_where_plain_dual_ascent_swings(
+        tiny_space, expected):
+    """Adam moves α at its learning rate whatever λ's size, so λ alone lags and overshoots
+    (a limit cycle far around the budget); the quadratic term damps it."""
+    damped = [abs(g) for g in settle(tiny_space, expected, rho=5.0)[-30:]]
+    plain = [abs(g) for g in settle(tiny_space, expected, rho=0.0)[-30:]]
+    assert max(damped) < 0.03
+    assert sum(plain) / 30 > 3 * sum(damped) / 30

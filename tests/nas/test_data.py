@@ -68,7 +68,7 @@ def test_split_is_disjoint_covers_the_training_set_and_is_deterministic(fashion)
     test_x, test_y = fashion.datasets["test"].tensors
 
     def split(seed: int) -> dict[str, torch.Tensor]:
-        dm = SplitDataModule(train_x, train_y, test_x, test_y, seed=seed)
+        dm = SplitDataModule(train_x, train_y, test_x, test_y, data_seed=seed)
         dm.setup()
         return dm.split_indices
 
@@ -172,7 +172,7 @@ def test_batch_size_larger_than_a_split_is_an_error():
 def test_split_partitions_any_training_set(n, search, val, seed):
     x, y = torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.long)
     dm = SplitDataModule(
-        x, y, x[:3], y[:3], search_fraction=search, val_fraction=val, batch_size=1, seed=seed
+        x, y, x[:3], y[:3], search_fraction=search, val_fraction=val, batch_size=1, data_seed=seed
     )
     dm.setup()
     idx = dm.split_indices
@@ -181,7 +181,7 @@ def test_split_partitions_any_training_set(n, search, val, seed):
 
 
 def test_synthetic_is_deterministic_and_shaped():
-    a, b = SyntheticDataModule(seed=3), SyntheticDataModule(seed=3)
+    a, b = SyntheticDataModule(data_seed=3), SyntheticDataModule(data_seed=3)
     a.setup()
     b.setup()
     for split in ("train", "search", "val", "test"):
@@ -194,7 +194,7 @@ def test_synthetic_is_deterministic_and_shaped():
 
 def test_synthetic_is_learnable_by_a_tiny_model():
     torch.manual_seed(0)
-    dm = SyntheticDataModule(batch_size=32, seed=0)
+    dm = SyntheticDataModule(batch_size=32, data_seed=0)
     dm.setup()
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, dm.num_classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

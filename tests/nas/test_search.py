@@ -6,7 +6,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from nas.budget import BudgetSpec
-from nas.callbacks import AlphaHistory, TemperatureSchedule
+from nas.callbacks import AlphaHistory
 from nas.data import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
 from tests.conftest import TINY
@@ -23,7 +23,7 @@ def fit(module, root, epochs: int, ckpt_path=None, extra_callbacks=(), **trainer
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=root, deterministic=True,
-        callbacks=[TemperatureSchedule(), AlphaHistory(str(root)), *extra_callbacks],
+        callbacks=[AlphaHistory(str(root)), *extra_callbacks],
         **trainer_kwargs)
     trainer.fit(module, SyntheticDataModule(num_samples=384, batch_size=32), ckpt_path=ckpt_path)
     return trainer
@@ -46,6 +46,27 @@ def test_budget_steers_the_architecture(tiny_table, tmp_path):
     assert (tmp_path / "tight" / "alpha.png").stat().st_size > 0
 
 
+class RecordTemperatures(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seen.append((module.tau, module.cost_tau, module.progress))
+
+
+def test_temperatures_anneal_over_the_alpha_phase_batch_by_batch(tiny_table, tmp_path):
+    module = make_search(tiny_table, warmup_epochs=1, tau_start=4.0, tau_end=0.5,
+                         cost_tau_end=0.1, arch_entropy=0.1)
+    record = RecordTemperatures()
+    fit(module, tmp_path, epochs=3, limit_train_batches=4, extra_callbacks=[record])
+    tau, cost_tau, progress = zip(*record.seen, strict=True)
+    assert tau[:5] == (4.0,) * 5 and cost_tau[:5] == (1.0,) * 5  # warm-up, then the α phase
+    assert tau[-1] == pytest.approx(0.5) and cost_tau[-1] == pytest.approx(0.1)
+    assert progress[-1] == 1.0
+    assert all(a > b for a, b in zip(tau[4:], tau[5:], strict=False))  # every batch, not epoch
+    assert all(a > b for a, b in zip(cost_tau[4:], cost_tau[5:], strict=False))
+
+
 class StopAfterFirstEpoch(L.Callback):
     """Ends the run after epoch 0 as a crash would, leaving only the epoch's last.ckpt."""
 
@@ -55,16 +76,16 @@ class StopAfterFirstEpoch(L.Callback):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tiny_table, tmp_path):
     L.seed_everything(0)
-    straight = make_search(tiny_table)
+    straight = make_search(tiny_table, arch_entropy=0.1)
     fit(straight, tmp_path / "a", epochs=2)
 
     L.seed_everything(0)
-    stopped = make_search(tiny_table)
+    stopped = make_search(tiny_table, arch_entropy=0.1)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
     fit(stopped, tmp_path / "b", epochs=2, extra_callbacks=[ckpt, StopAfterFirstEpoch()])
     assert stopped.current_epoch == 1
     L.seed_everything(123)  # the resumed process starts from an unrelated RNG state
-    resumed = make_search(tiny_table)
+    resumed = make_search(tiny_table, arch_entropy=0.1)
     fit(resumed, tmp_path / "c", epochs=2, ckpt_path=tmp_path / "b" / "last.ckpt")
 
     for key in straight.search_space.keys:
