@@ -14,8 +14,9 @@ from tests.conftest import TINY
 
 def make_search(table: str, **kwargs) -> SupernetSearch:
     kwargs.setdefault("budget", BudgetSpec(fraction=0.15))
-    return SupernetSearch(space=TINY, cost_table=table, warmup_epochs=0, arch_lr=0.05,
-                          sandwich_random=1, **kwargs)
+    kwargs.setdefault("warmup_epochs", 0)
+    return SupernetSearch(space=TINY, cost_table=table, arch_lr=0.05, sandwich_random=1,
+                          **kwargs)
 
 
 def fit(module, root, epochs: int, ckpt_path=None, extra_callbacks=(), **trainer_kwargs
