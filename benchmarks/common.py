@@ -263,7 +263,9 @@ def main(name: str, run: Callable[..., dict], argv: list[str] | None = None) -> 
     quiet()
     opts = options_from_args(args, f"python -m benchmarks.{name} " + " ".join(
         sys.argv[1:] if argv is None else argv))
-    doc = run(not args.full, args.out or default_out(not args.full), **asdict(opts))
+    out = Path(args.out or default_out(not args.full))
+    out.mkdir(parents=True, exist_ok=True)  # figures write their plots into it
+    doc = run(not args.full, out, **asdict(opts))
     print(json.dumps(doc["headline"], indent=1))
     return 0
 

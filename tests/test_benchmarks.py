@@ -74,3 +74,17 @@ def test_quick_run_all_writes_every_figure(tmp_path):
     assert all("error" not in entry for entry in summary["figures"].values())
     twins = json.loads((tmp_path / "one_vs_many.json").read_text())["results"]["members"]
     assert len(twins) >= 2 and all(0 <= r["scratch_accuracy"] <= 1 for r in twins)
+
+
+def test_a_figure_alone_creates_its_output_folder(tmp_path):
+    """`python -m benchmarks.<figure> --out NEW` must not lose a finished run to a missing
+    folder when the figure saves its plot."""
+    from benchmarks.common import main as figure_main
+
+    def run(quick, out_dir, **_):
+        Path(out_dir, "plot.png").write_bytes(b"png")
+        return {"headline": {"quick": quick}}
+
+    out = tmp_path / "new" / "folder"
+    assert figure_main("stand_in", run, ["--quick", "--out", str(out)]) == 0
+    assert (out / "plot.png").read_bytes() == b"png"
