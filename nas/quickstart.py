@@ -64,7 +64,7 @@ def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_d
     )
     trainer.fit(module, datamodule=datamodule)
     ckpt = out_dir / "search.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # a full, resumable checkpoint
     return module, ckpt
 
 
