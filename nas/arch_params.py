@@ -53,12 +53,11 @@ class ArchParameters(nn.Module):
             raise ValueError(f"relaxation: must be one of {RELAXATIONS}, got {relaxation!r}")
         if tau <= 0:
             raise ValueError(f"tau: the temperature must be positive, got {tau}")
+        if relaxation == "softmax":
+            return self.probs(tau)
         out = {}
         for d in self.space.decisions:
             a = self.logits(d.key)
-            if relaxation == "softmax":
-                out[d.key] = F.softmax(a / tau, -1)
-                continue
             if relaxation == "binary":
                 soft = F.softmax(a, -1)
                 idx = torch.multinomial(soft.detach().cpu(), 1, generator=generator).item()

@@ -42,7 +42,8 @@ def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_d
                *, epochs: int = 2, limit_train_batches: int | float = 1.0,
                limit_val_batches: int | float = 1.0, progress: bool = True, seed: int = 0,
                **search_kwargs):
-    """A short search (Lightning, CPU, one process) that records α's history; returns the trained `SupernetSearch` and the path of its checkpoint."""
+    """A short search (Lightning, CPU, one process) that records α's history; returns the
+    trained `SupernetSearch` and the path of its checkpoint."""
     import pytorch_lightning as L
     from pytorch_lightning.loggers import CSVLogger
 

@@ -89,8 +89,9 @@ class SupernetSearch(L.LightningModule):
             MulticlassAccuracy(self.search_space.num_classes) for _ in range(n_exits))
         for name in ("tau_start", "tau_end", "cost_tau_end"):
             if not self.hparams[name] > 0:
-                raise ValueError(f"{name}: temperatures must be positive, got {self.hparams[name]}")
-        self.tau, self.cost_tau, self.progress = tau_start, 1.0, 0.0  # set by `anneal`
+                raise ValueError(
+                    f"{name}: temperatures must be positive, got {self.hparams[name]}")
+        self.progress = 0.0  # share of the α phase done, set by `anneal`
         self.bad_steps = 0
 
     # -- helpers ------------------------------------------------------------------------------
@@ -112,16 +113,24 @@ class SupernetSearch(L.LightningModule):
         return self.current_epoch < self.hparams.warmup_epochs
 
     def anneal(self, batch_idx: int) -> None:
-        """Set ``tau``, ``cost_tau`` and ``progress`` from the fraction of the α phase done."""
+        """Set ``progress``, the share of the α phase done; both temperatures follow from it."""
         hp, trainer = self.hparams, self.trainer
         per_epoch = max(int(trainer.num_training_batches), 1)
         start = hp.warmup_epochs * per_epoch
         total = trainer.estimated_stepping_batches  # inf when neither max_epochs nor max_steps
         done = self.current_epoch * per_epoch + batch_idx - start
-        frac = min(max(done / max(total - start - 1, 1), 0.0), 1.0)
-        self.tau = hp.tau_start * (hp.tau_end / hp.tau_start) ** frac
-        self.cost_tau = hp.cost_tau_end ** frac
-        self.progress = frac
+        self.progress = min(max(done / max(total - start - 1, 1), 0.0), 1.0)
+
+    @property
+    def tau(self) -> float:
+        """Temperature of the relaxed samples: ``tau_start`` → ``tau_end``."""
+        hp = self.hparams
+        return hp.tau_start * (hp.tau_end / hp.tau_start) ** self.progress
+
+    @property
+    def cost_tau(self) -> float:
+        """Temperature of the distribution the budget prices: 1 → ``cost_tau_end``."""
+        return self.hparams.cost_tau_end ** self.progress
 
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:

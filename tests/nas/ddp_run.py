@@ -26,7 +26,7 @@ def main(table: str, out: str) -> None:
     trainer = L.Trainer(
         accelerator="cpu", devices=2, max_epochs=1, limit_train_batches=3, limit_val_batches=1,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[],
+        enable_progress_bar=False, enable_model_summary=False,
         strategy=DDPStrategy(find_unused_parameters=True, process_group_backend="gloo"))
     trainer.fit(module, SyntheticDataModule(num_samples=384, batch_size=16))
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
