@@ -84,6 +84,25 @@ def dataset_class(name: str) -> type[Dataset]:
                          "(ImageFolder, CIFAR10, ...) or a dotted path (my_pkg.MyDataset)") from None
 
 
+def build_transforms(channels: int, size: int, *, resize: bool, mean, std, crop_pct,
+                     interpolation: str, augment: Augment):
+    """(train, eval): timm's augmenting train transform to `size` pixels, and a deterministic
+    eval transform (timm's resize + centre crop when `resize`, else tensor + normalize only)."""
+    shape = (channels, size, size)
+    common = {"mean": mean, "std": std, "interpolation": interpolation}
+    if resize:
+        eval_tf = create_transform(shape, is_training=False, crop_pct=crop_pct, **common)
+    else:
+        eval_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    a = augment
+    if not a.enabled:
+        return eval_tf, eval_tf
+    train_tf = create_transform(
+        shape, is_training=True, scale=a.scale, hflip=a.hflip, color_jitter=a.color_jitter,
+        auto_augment=a.auto_augment, re_prob=a.re_prob, **common)
+    return train_tf, eval_tf
+
+
 class SplitView(Dataset):
     """Items `indices` of a dataset of (PIL image, label), as (transformed tensor, int label)."""
 
@@ -211,11 +230,17 @@ class ImageDataModule(SplitDataModule):
                          for s, i in idx.items()}
         if test is not None:
             self.datasets["test"] = SplitView(test, torch.arange(len(test)), eval_tf, mode)
-        if self.augment.mixes:  # label_smoothing 0: the search's loss smooths once itself
-            a = self.augment
-            self.mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
-                               prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
-                               label_smoothing=0.0, num_classes=self.label_width)
+        self.mixup = self.build_mixup()
+
+    def build_mixup(self) -> Mixup | None:
+        """timm's Mixup/CutMix over `label_width` classes, label smoothing 0 (the search's loss
+        smooths once itself); None when both alphas are 0."""
+        a = self.augment
+        if not a.mixes:
+            return None
+        return Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mixup_prob,
+                     switch_prob=a.mixup_switch_prob, label_smoothing=0.0,
+                     num_classes=self.label_width)
 
     def _check_space(self, space) -> None:
         shape = self.input_shape
@@ -227,21 +252,10 @@ class ImageDataModule(SplitDataModule):
                 f"channels: {want[0]} and image_size: {want[1]}")
 
     def transforms(self):
-        """(train, eval) transforms: timm's augmenting train transform, and a deterministic
-        eval transform (resize + centre crop with `image_size`, plain otherwise)."""
-        size = (self.channels, self.size, self.size)
-        common = {"mean": self.mean, "std": self.std, "interpolation": self.interpolation}
-        if self.image_size is None:
-            eval_tf = T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
-        else:
-            eval_tf = create_transform(size, is_training=False, crop_pct=self.crop_pct, **common)
-        a = self.augment
-        if not a.enabled:
-            return eval_tf, eval_tf
-        train_tf = create_transform(
-            size, is_training=True, scale=a.scale, hflip=a.hflip, color_jitter=a.color_jitter,
-            auto_augment=a.auto_augment, re_prob=a.re_prob, **common)
-        return train_tf, eval_tf
+        """(train, eval) transforms for this module's channels, size and augmentation."""
+        return build_transforms(self.channels, self.size, resize=self.image_size is not None,
+                                mean=self.mean, std=self.std, crop_pct=self.crop_pct,
+                                interpolation=self.interpolation, augment=self.augment)
 
     # -- what the search reads ------------------------------------------------------------------
     @property
