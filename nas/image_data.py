@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,7 @@ class ImageDataModule(SplitDataModule):
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be a positive pixel count or None, got {image_size}")
         self.augment = augment if augment is not None else Augment()
+        self.hparams["augment"] = asdict(self.augment)  # plain data: weights_only checkpoints
         if self.augment.mixes and batch_size % 2:
             raise ValueError(f"batch_size must be even with Mixup/CutMix, got {batch_size}")
         self.root, self.dataset_name = root, dataset

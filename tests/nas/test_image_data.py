@@ -42,7 +42,7 @@ def trainer(**kwargs) -> L.Trainer:
                      num_sanity_val_steps=0, **kwargs)
 
 
-def test_a_search_runs_end_to_end_from_an_image_folder(folder, tiny_table):
+def test_a_search_runs_end_to_end_from_an_image_folder(folder, tiny_table, tmp_path):
     L.seed_everything(0)
     search = SupernetSearch(space=TINY, cost_table=tiny_table, budget=BudgetSpec(fraction=0.3),
                             warmup_epochs=0, arch_lr=0.05, sandwich_random=1)
@@ -57,6 +57,9 @@ def test_a_search_runs_end_to_end_from_an_image_folder(folder, tiny_table):
     assert 0.0 <= float(run.callback_metrics["val/acc"]) <= 1.0
     (result,) = run.test(search, dm, verbose=False)
     assert 0.0 <= result["test/acc"] <= 1.0
+    run.save_checkpoint(tmp_path / "search.ckpt")  # the data module's options load safely
+    saved = torch.load(tmp_path / "search.ckpt", weights_only=True)
+    assert saved["datamodule_hyper_parameters"]["augment"]["mixup_alpha"] == 0.2
 
 
 def test_split_is_seeded_disjoint_and_the_same_on_every_rerun(folder):
