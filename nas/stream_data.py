@@ -147,14 +147,16 @@ class StreamingImageDataModule(ImageDataModule):
             parts["test"] = self._open(self.test_dir)
         train_tf, eval_tf = self.transforms()
         mode = MODES[self.channels]
+        ranks = self.trainer.world_size if self.trainer is not None else 1
         for name, part in parts.items():
             part.transform = DecodeItem(train_tf if name == "train" else eval_tf, mode,
                                         self.label_width)
             part.shuffle = name in ("train", "search")
-            if name in ("train", "search") and len(part) < self.batch_size:
-                raise ValueError(f"the {name} split has {len(part)} samples, fewer than "
-                                 f"batch_size={self.batch_size}; lower batch_size or use more "
-                                 "data")
+            # per rank under DDP, where litdata also drops evaluation splits' partial batches
+            if (name in ("train", "search") or ranks > 1) and len(part) < self.batch_size:
+                raise ValueError(f"the {name} split streams {len(part)} samples per rank, "
+                                 f"fewer than batch_size={self.batch_size}; lower batch_size "
+                                 "or use more data")
         self.datasets = parts
         self.mixup = self.build_mixup()
 

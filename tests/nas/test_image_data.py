@@ -215,7 +215,8 @@ def test_bad_augment_values():
 def test_ddp_ranks_share_the_split_and_shard_the_batches(folder, tiny_table, tmp_path):
     script = Path(__file__).with_name("ddp_folder_run.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(30500 + os.getpid() % 1000)}
-    run = subprocess.run([sys.executable, str(script), str(folder), tiny_table, str(tmp_path)],
+    run = subprocess.run([sys.executable, str(script), "folder", str(folder), tiny_table,
+                          str(tmp_path)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -226,3 +227,21 @@ def test_ddp_ranks_share_the_split_and_shard_the_batches(folder, tiny_table, tmp
         assert len(shards[0]) == len(shards[1]) > 0
         assert not shards[0] & shards[1]  # each rank its own shard
         assert shards[0] | shards[1] <= set(range(len(ranks[0]["split"][split])))
+
+
+def test_the_search_command_takes_the_folder_module_and_reports_bad_input_in_one_line(
+        folder, tiny_table, tmp_path, capsys, monkeypatch):
+    from nas.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    common = ["search", "fit", f"--model.space={TINY}", f"--model.cost_table={tiny_table}",
+              "--model.warmup_epochs=0", "--data=nas.image_data.ImageDataModule",
+              "--data.channels=1", "--data.image_size=16", "--data.batch_size=32",
+              "--data.augment.auto_augment=rand-m9-mstd0.5", "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+              "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              f"--trainer.default_root_dir={tmp_path}"]
+    assert main([*common, f"--data.root={folder}"]) == 0
+    assert main([*common, f"--data.root={tmp_path / 'empty'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hwnas search: error: root: no folder") and "Traceback" not in err

@@ -1,5 +1,8 @@
 """StreamingImageDataModule on a small local shard set written at test time (litdata)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,19 @@ def test_stream_bad_input(shards, tmp_path):
     with pytest.raises(ValueError, match="label 3, outside 0..2"):
         for _ in dm.val_dataloader():
             pass
+
+
+@pytest.mark.slow  # two processes start: ~40 s on 2 cores
+def test_ddp_ranks_carve_the_same_stream_splits_and_read_disjoint_shares(shards, tiny_table,
+                                                                          tmp_path):
+    script = Path(__file__).with_name("ddp_folder_run.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(31500 + os.getpid() % 1000)}
+    run = subprocess.run([sys.executable, str(script), "stream", str(shards), tiny_table,
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["split"] == ranks[1]["split"] and ranks[0]["steps"] == ranks[1]["steps"] > 0
+    for split in ("train", "search"):
+        shares = [r["seen"][split] for r in ranks]
+        assert len(shares[0]) == len(shares[1]) > 0  # equal lengths: no rank waits on another
+        assert not set(shares[0]) & set(shares[1])
