@@ -187,7 +187,11 @@ class ImageDataModule(SplitDataModule):
                 "split", ("train", "test"))
             args = {"download": False} if "download" in params else {}
             args.update(self.dataset_args)
-            return tuple(cls(str(root), **{key: v}, **args) for v in values)  # type: ignore
+            try:
+                return tuple(cls(str(root), **{key: v}, **args) for v in values)  # type: ignore
+            except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted"
+                raise ValueError(f"dataset {self.dataset_name} at {str(root)!r}: "
+                                 f"{str(e).splitlines()[0]}") from None
         return self._open_folder(cls, root / "train"), (
             self._open_folder(cls, root / "test") if (root / "test").is_dir() else None)
 
@@ -209,6 +213,10 @@ class ImageDataModule(SplitDataModule):
         if test is not None:
             check_class_folders(self.classes, getattr(test, "classes", None))
         space = getattr(getattr(self.trainer, "lightning_module", None), "search_space", None)
+        if space is not None and self._num_classes not in (None, space.num_classes):
+            raise ValueError(f"num_classes is {self._num_classes} but space {space.name!r} has "
+                             f"{space.num_classes} outputs; leave num_classes unset to use the "
+                             "space's")
         labels = {"train": dataset_labels(train)}
         if test is not None:
             labels["test"] = dataset_labels(test)

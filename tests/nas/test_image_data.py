@@ -184,6 +184,8 @@ def test_labels_out_of_range(folder, tiny_table, tmp_path):
     with pytest.raises(ValueError, match="the space's num_classes is 4"):
         run.fit(search, module(five, batch_size=4, image_size=16))
     assert run.global_step == 0
+    with pytest.raises(ValueError, match="num_classes is 5 but space 'tiny' has 4 outputs"):
+        trainer().fit(search, module(five, batch_size=4, image_size=16, num_classes=5))
 
 
 def test_image_size_must_match_the_space(folder, tiny_table):
@@ -198,6 +200,7 @@ def test_image_size_must_match_the_space(folder, tiny_table):
     ({"augment": Augment(mixup_alpha=0.2), "batch_size": 5}, "even"),
     ({"mean": (0.5, 0.5)}, "mean"),
     ({"dataset": "NoSuchDataset"}, "NoSuchDataset"),
+    ({"dataset": "CIFAR10"}, "dataset CIFAR10 at .*not found"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
