@@ -3,7 +3,9 @@
 The architecture step needs batches the weights never trained on (DARTS' held-out split) and the
 checkpoint callbacks need a real validation loop, so the training set is split three ways with a
 fixed seed; the test set is never part of a split. Data stays as in-memory tensors: per-item PIL
-conversion would dominate a small CPU machine.
+conversion would dominate a small CPU machine. Image folders and torchvision datasets (decoded
+and augmented per item) are `nas.image_data`; shards streamed from beyond one disk,
+`nas.stream_data`; both reuse this split.
 """
 
 from __future__ import annotations
