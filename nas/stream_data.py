@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-bytes", default="64MB", help="shard chunk size (64MB)")
     parser.add_argument("--workers", type=int, default=1, help="writer processes (1)")
     args = parser.parse_args(argv)
-    train, test = ImageDataModule(args.root, dataset=args.dataset).open()
+    try:
+        train, test = ImageDataModule(args.root, dataset=args.dataset).open()
+    except ValueError as error:  # bad input: one line, as every hwnas command
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     for name, dataset in (("train", train), ("test", test)):
         if dataset is not None:
             write_shards(dataset, f"{args.out.rstrip('/')}/{name}", args.chunk_bytes,

@@ -104,3 +104,11 @@ def test_ddp_ranks_carve_the_same_stream_splits_and_read_disjoint_shares(shards,
         shares = [r["seen"][split] for r in ranks]
         assert len(shares[0]) == len(shares[1]) > 0  # equal lengths: no rank waits on another
         assert not set(shares[0]) & set(shares[1])
+
+
+def test_the_shard_writer_reports_a_bad_folder_in_one_line(tmp_path, capsys):
+    from nas.stream_data import main
+
+    assert main(["--root", str(tmp_path), "--out", str(tmp_path / "shards")]) == 1
+    assert capsys.readouterr().err.strip().startswith(
+        "python -m nas.stream_data: error: root: no folder")
