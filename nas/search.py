@@ -344,7 +344,14 @@ class SupernetSearch(L.LightningModule):
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(summary)
         print(result_line(self.shipping_budgets(), shipped, summary.get("final/val_acc"),
-                          getattr(self.trainer.checkpoint_callback, "last_model_path", None)))
+                          self.latest_checkpoint()))
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint file any checkpoint callback wrote (the one to resume from)."""
+        paths = [Path(p) for c in self.trainer.checkpoint_callbacks
+                 for p in (c.last_model_path, c.best_model_path) if p]
+        paths = [p for p in paths if p.is_file()]
+        return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch

@@ -18,7 +18,7 @@ from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from nas.callbacks import AlphaHistory
+from nas.callbacks import AlphaHistory, LatestCheckpoint
 from nas.checkpoint_io import read_search_checkpoint
 from nas.data import SplitDataModule
 from nas.search import SupernetSearch
@@ -66,8 +66,10 @@ class SearchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.set_defaults({
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # `last_checkpoint` writes last.ckpt every epoch
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch}-acc{val/acc:.4f}",
