@@ -5,7 +5,8 @@ of the decisions that shape it (its input width is the previous layer's width de
 that is among them). A forward pass contracts that tensor with those decisions' probability
 vectors and weighs it by the probability that the slot runs (its stage is deep enough and the
 exit comes at or after it). Decisions are treated as independent, as the relaxation samples
-them. All of it is float64, so a one-hot distribution gives the concrete cost exactly.
+them. All of it is float64, so a one-hot distribution gives the concrete cost exactly. The
+table's per-network overhead (launch, input, output) is added once: it moves E[cost], not α.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ExpectedCost(nn.Module):
         self.space, self.metric, self.table_id = space, metric, table.id
         self.batch = table.meta.batch
         self.reduce = reduction(metric)
+        self.overhead = table.network_overhead(metric)
         self._slots: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._values: dict[str, float] = {}  # signature key -> table value, for `concrete`
         for i, slot in enumerate(layer_slots(space)):
@@ -90,12 +92,13 @@ class ExpectedCost(nn.Module):
         terms = self.slot_costs(probs)
         if self.reduce == "max":
             return terms.amax()
-        return terms.cumsum(0)[-1]  # sequential, in layer order: one-hot gives `concrete` exactly
+        # sequential, in layer order: one-hot gives `concrete` exactly
+        return terms.cumsum(0)[-1] + self.overhead
 
     def concrete(self, arch: ArchConfig) -> float:
         """The table cost of one concrete member (same units), summed (or maxed) over its layers."""
         return concrete_cost(self.space, lambda s: self._values[s.key], arch, self.metric,
-                             self.batch)
+                             self.batch) + self.overhead
 
     def _check(self, probs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -121,9 +124,9 @@ def concrete_cost(space: SearchSpace, lookup, arch: ArchConfig, metric: str,
 
 def table_cost(space: SearchSpace, table: CostTable, arch: ArchConfig,
                metric: str = "latency_ms") -> float:
-    """The cost of a concrete member read straight from ``table``."""
+    """The cost of a concrete member read straight from ``table`` (its overhead included)."""
     return concrete_cost(space, lambda s: table.lookup(s, metric), arch, metric,
-                         table.meta.batch)
+                         table.meta.batch) + table.network_overhead(metric)
 
 
 def _runs_if(conditions: Sequence[tuple[str, int]]) -> dict[str, int]:
