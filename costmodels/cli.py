@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-DEVICE_TARGETS = ("cpu", "cuda")
+DEVICE_TARGETS = ("cpu", "cuda", "onnxruntime")
+RUNS = Path("runs")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,11 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sub.required = True
 
     b = sub.add_parser("build", help="build a cost table for every layer of a space",
-                       description="Measure on a torch device (cpu, cuda, cuda:N) or price "
-                                   "with an analytic roofline preset (edgetpu, fpga, mcu).")
+                       description="Measure on this machine (cpu: torch eager; cuda, cuda:N; "
+                                   "onnxruntime: the exported integer model on CPU) or price "
+                                   "with an analytic roofline preset (edgetpu, fpga, mcu). A "
+                                   "measured table records its host, protocol and a probe.")
     b.add_argument("--space", required=True, help="search-space YAML")
     b.add_argument("--target", required=True,
-                   help="cpu | cuda[:N] (measured) or an analytic preset: edgetpu, fpga, mcu")
+                   help="cpu | cuda[:N] | onnxruntime (measured) or an analytic preset: "
+                        "edgetpu, fpga, mcu")
     b.add_argument("--out", required=True, help="table JSON to write")
     b.add_argument("--batch", type=int, default=1, help="samples per inference (default 1)")
     b.add_argument("--threads", type=int, default=1, help="CPU threads when measuring")
@@ -51,17 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="predicted vs. measured latency of sampled members",
                        description="Writes fidelity.json and fidelity.png to --out.")
     c.add_argument("--space", required=True, help="search-space YAML")
-    c.add_argument("--table", required=True, help="measured table JSON (target cpu or cuda)")
+    c.add_argument("--table", required=True,
+                   help="measured table JSON (target cpu, cuda or onnxruntime)")
     c.add_argument("--samples", type=int, default=50, help="random test members (+2 extremes)")
     c.add_argument("--fit-samples", type=int, default=None,
                    help="other members to fit the correction on (default = --samples, 0 = none)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=None, help="default: the table's")
-    c.add_argument("--device", default=None, help="default: the table's target")
+    c.add_argument("--device", default=None,
+                   help="default: the table's target (cpu, cuda[:N], onnxruntime)")
     c.add_argument("--repeats", type=int, default=30, help="timed rounds (median per member)")
     c.add_argument("--clock", choices=("wall", "thread"), default=None,
                    help="default: the table's clock")
-    c.add_argument("--out", default=None, help="report folder (default: next to the table)")
+    c.add_argument("--out", default=None,
+                   help="report folder (default: runs/fidelity/<table name>)")
+    c.add_argument("--allow-foreign-table", action="store_true",
+                   help="check a table that does not describe this host (another machine, "
+                        "or its reference layers drift beyond ±10%%) instead of stopping")
     c.set_defaults(func=_check)
     return costs
 
@@ -84,7 +94,7 @@ def _build(args: argparse.Namespace) -> int:
     elif args.target in PRESETS:
         table = build_analytic_table(space, args.target, args.batch, space_file=args.space)
     else:
-        print(f"error: --target {args.target!r}: use cpu, cuda[:N] or one of "
+        print(f"error: --target {args.target!r}: use cpu, cuda[:N], onnxruntime or one of "
               f"{sorted(PRESETS)}", file=sys.stderr)
         return 2
     table.save(args.out)
@@ -110,6 +120,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from costmodels.fidelity import check_fidelity
+    from costmodels.host import ForeignTableError, require_host
     from costmodels.table import CostTable
 
     table = CostTable.load(args.table)
@@ -117,16 +128,26 @@ def _check(args: argparse.Namespace) -> int:
     if device.split(":")[0] not in DEVICE_TARGETS:
         print(f"error: table {args.table} is {table.meta.method} for {table.meta.target!r}; "
               "a fidelity check measures on this machine, so it needs a table measured on "
-              "cpu or cuda (or pass --device)", file=sys.stderr)
+              "cpu, cuda or onnxruntime (or pass --device)", file=sys.stderr)
         return 2
+    space = _space(args.space)
+    try:
+        verdict = require_host(table, space, args.space, args.allow_foreign_table)
+    except ForeignTableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"host check: {'FOREIGN (allowed)' if verdict.foreign else 'ok'}: {verdict.reason}")
     threads = args.threads or table.meta.threads or 1
     clock = args.clock or table.meta.clock or "wall"
-    report = check_fidelity(_space(args.space), table, args.samples, device, threads,
+    report = check_fidelity(space, table, args.samples, device, threads,
                             args.seed, args.fit_samples, repeats=args.repeats, clock=clock)
-    out = Path(args.out) if args.out else Path(args.table).with_suffix("")
+    out = Path(args.out) if args.out else RUNS / "fidelity" / Path(args.table).stem
     json_path, png_path = report.save(out)
     print(report.summary())
     print(f"wrote {json_path} and {png_path}")
+    a = report.additive
+    print(f"table {table.id}: {a.within_10pct:.0%} of {a.n} members within ±10% (goal ≥ 95%), "
+          f"Kendall τ {a.kendall_tau:.3f} (goal ≥ 0.95)")
     return 0
 
 

@@ -5,8 +5,10 @@ Lowering (one rule for a table's layers and for whole members, so they agree):
   batch norm folded into the conv);
 - a conv / linear layer whose weights *and* input activations are quantized (bits < 32) becomes
   QDQ int8 with onnxruntime's own quantizer (`quantize_static`, per-channel symmetric int8
-  weights, symmetric int8 activations), which onnxruntime's CPU provider fuses into integer
-  kernels (QLinearConv, QGemm). onnxruntime 1.32 has no 4-bit conv or gemm kernels on CPU
+  weights, uint8 activations with a zero point: the U8S8 form onnxruntime's x86 kernels
+  favour, and the one in which it folds ReLU6 into the requantization), which onnxruntime's
+  CPU provider fuses into integer kernels (QLinearConv, QLinearAdd, QGemm) — the activations,
+  adds and pools between integer layers are quantized too, so the chain stays integer. onnxruntime 1.32 has no 4-bit conv or gemm kernels on CPU
   (its int4 support is weight-only MatMulNBits), so a 4-bit layer is lowered and timed as the
   int8 kernel that would run it (4-bit values stored in int8): on this target 4 and 8 bits cost
   the same, and both differ from float;
@@ -65,7 +67,25 @@ def export_float(module: nn.Module, input_shape: Sequence[int]) -> bytes:
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy
         torch.onnx.export(float_copy(module), (torch.zeros(*input_shape),), buf,
                           input_names=["input"], opset_version=OPSET, dynamo=False)
-    return buf.getvalue()
+    return _inline_shared_initializers(buf.getvalue())
+
+
+def _inline_shared_initializers(model_bytes: bytes) -> bytes:
+    """Replace ``Identity(initializer)`` nodes — the exporter's way of sharing equal constants,
+    e.g. the zero biases of untrained batch norms — by copies of the initializer, so every
+    conv reads its own constants and the quantizer can quantize it."""
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy_ = onnx.TensorProto()
+        copy_.CopyFrom(inits[node.input[0]])
+        copy_.name = node.output[0]
+        graph.initializer.append(copy_)
+        graph.node.remove(node)
+    return model.SerializeToString()
 
 
 def compute_nodes(model_bytes: bytes) -> list[str]:
@@ -76,11 +96,11 @@ def compute_nodes(model_bytes: bytes) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
 
 
-def quantize(model_bytes: bytes, input_shape: Sequence[int], nodes: Sequence[str],
+def quantize(model_bytes: bytes, input_shape: Sequence[int], float_nodes: Sequence[str],
              seed: int = 0) -> bytes:
-    """QDQ int8 on ``nodes`` with onnxruntime's quantizer (min-max on two random inputs)."""
-    if not nodes:
-        return model_bytes
+    """QDQ int8 with onnxruntime's quantizer (min-max on two random inputs), everywhere but
+    ``float_nodes`` (the conv / gemm nodes of float layers): activations, adds and pools
+    between integer layers stay integer, as onnxruntime needs to fuse them."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -108,10 +128,9 @@ def quantize(model_bytes: bytes, input_shape: Sequence[int], nodes: Sequence[str
         logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice
         try:
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
-                            extra_options={"ActivationSymmetric": True,
-                                           "WeightSymmetric": True},
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes),
+                            extra_options={"WeightSymmetric": True},
                             calibration_providers=["CPUExecutionProvider"])
         finally:
             logging.getLogger().setLevel(level)
@@ -126,15 +145,17 @@ def lower_member(module: nn.Module, layers: Sequence[LayerShape], input_shape: S
     if len(nodes) != len(layers):
         raise RuntimeError(f"ONNX export has {len(nodes)} conv/gemm nodes but the member has "
                            f"{len(layers)} layers; the lowering cannot pair them")
+    if not any(integer_kernel(layer) for layer in layers):
+        return model
     return quantize(model, input_shape, [n for n, layer in zip(nodes, layers, strict=True)
-                                         if integer_kernel(layer)])
+                                         if not integer_kernel(layer)])
 
 
 def lower_layer(module: nn.Module, sig: OpSignature) -> bytes:
     """One layer (`profile.op_module`) as ONNX, QDQ int8 when it runs an integer kernel."""
     shape = (sig.batch, sig.in_channels, sig.in_size, sig.in_size)
     model = export_float(module, shape)
-    return quantize(model, shape, compute_nodes(model) if integer_kernel(sig) else [])
+    return quantize(model, shape, []) if integer_kernel(sig) else model
 
 
 def identity_model(input_shape: Sequence[int]) -> bytes:
