@@ -90,3 +90,20 @@ def test_another_spaces_table_is_refused(tiny, tiny_table):
 
     with pytest.raises(TableError, match="built for space"):
         ExpectedCost(SearchSpace({**tiny.spec, "num_classes": 7}), tiny_table)
+
+
+def test_the_network_overhead_is_added_once(tiny, tiny_table):
+    from costmodels import CostTable, OpSignature
+    from supernet.layers import describe_layers
+
+    with_overhead = CostTable(tiny_table.entries, tiny_table.meta, {"latency_ms": 0.25})
+    cost = ExpectedCost(tiny, with_overhead, "latency_ms")
+    arch = tiny.largest()
+    layers = sum(tiny_table.lookup(OpSignature.from_shape(layer), "latency_ms")
+                 for layer in describe_layers(tiny, arch))
+    assert table_cost(tiny, with_overhead, arch) == pytest.approx(layers + 0.25)
+    assert cost(tiny.one_hot(arch)).item() == cost.concrete(arch) == \
+        table_cost(tiny, with_overhead, arch)
+    assert with_overhead.id != tiny_table.id  # the overhead is part of the table's content
+    # peak memory is a max over layers: no overhead there
+    assert with_overhead.network_overhead("peak_activation_bytes") == 0.0
