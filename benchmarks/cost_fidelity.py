@@ -1,8 +1,9 @@
 """Figure 5 — cost fidelity and member switching.
 
-Fidelity: `costmodels.check_fidelity` — the table's additive prediction against the measured
-end-to-end latency of sampled members (batch 1, one thread, the table's clock): MAPE, Kendall τ,
-share within ±10%, and the linear correction judged on held-out members.
+Fidelity: `costmodels.check_fidelity` — the table's additive prediction (plus its per-network
+overhead entry) against the measured end-to-end latency of sampled members (batch 1, one
+thread, the table's clock, entries re-timed in the same rounds): MAPE, Kendall τ, share within
+±10%, and the roofline, learned and linear-correction models judged on held-out members.
 
 Switching: `FamilyRuntime.set_member` (a reference swap among pre-extracted members) against
 loading one member from the export on disk (`supernet.runtime.load_member`), each timed many
@@ -87,6 +88,8 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
                 "table": table.id, "table_device": table.meta.device,
                 "table_created": table.meta.created}
     results = {"additive": asdict(report.additive),
+               "models": {name: asdict(a) for name, a in report.models.items()},
+               "overhead_ms": report.overhead_ms,
                "corrected": asdict(corrected) if corrected else None,
                "correction": asdict(report.correction) if report.correction else None,
                "switching": switching, "detail": f"{NAME}_detail.json"}
