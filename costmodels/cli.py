@@ -69,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="default: the table's clock")
     c.add_argument("--out", default=None,
                    help="report folder (default: runs/fidelity/<table name>)")
+    c.add_argument("--write-corrected", default=None, metavar="TABLE_JSON",
+                   help="also write the table with the linear correction fitted here (on the "
+                        "fit members), which searches then apply inside E[cost]")
     c.add_argument("--allow-foreign-table", action="store_true",
                    help="check a table that does not describe this host (another machine, "
                         "or its reference layers drift beyond ±10%%) instead of stopping")
@@ -145,6 +148,17 @@ def _check(args: argparse.Namespace) -> int:
     json_path, png_path = report.save(out)
     print(report.summary())
     print(f"wrote {json_path} and {png_path}")
+    if args.write_corrected:
+        if report.correction is None:
+            print("error: --write-corrected needs fit members (--fit-samples >= 3)",
+                  file=sys.stderr)
+            return 2
+        c = report.correction
+        corrected = CostTable(table.entries, table.meta, table.overhead,
+                              {**table.correction, "latency_ms": {"a": c.a, "b": c.b, "c": c.c}})
+        corrected.save(args.write_corrected)
+        print(f"wrote {args.write_corrected}: table {corrected.id} = table {table.id} with "
+              f"latency_ms ≈ {c.a:.3f}·(Σ layers + overhead) + {c.b:.4f}·layers + {c.c:.3f}")
     a, now = report.additive, report.models.get("table re-timed now + overhead")
     same_run = (f"; entries re-timed in this run: {now.within_10pct:.0%}, τ "
                 f"{now.kendall_tau:.3f}" if now else "")

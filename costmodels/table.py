@@ -107,7 +107,8 @@ class CostTable:
     """Signature key → {metric: value}; look costs up, check coverage, save and load."""
 
     def __init__(self, entries: Mapping[str, Mapping[str, float]], meta: TableMeta,
-                 overhead: Mapping[str, float] | None = None):
+                 overhead: Mapping[str, float] | None = None,
+                 correction: Mapping[str, Mapping[str, float]] | None = None):
         if meta.format_version not in READABLE_VERSIONS:
             raise TableError(f"table format_version {meta.format_version} is not supported "
                              f"(this hwnas reads versions {list(READABLE_VERSIONS)}); rebuild "
@@ -115,6 +116,10 @@ class CostTable:
         self.meta = meta
         # per network, not per layer: graph launch, input and output (same units as entries)
         self.overhead = {m: float(v) for m, v in (overhead or {}).items()}
+        # metric -> {"a", "b", "c"}: network = a · (Σ layers + overhead) + b · layers + c, a
+        # correction fitted on measured members by `hwnas costs check --write-corrected`
+        self.correction = {m: {k: float(c[k]) for k in ("a", "b", "c")}
+                           for m, c in (correction or {}).items()}
         self.entries: dict[str, dict[str, float]] = {}
         for key, metrics in entries.items():
             OpSignature.parse(key)  # reject malformed keys early
@@ -142,6 +147,13 @@ class CostTable:
             self.check_metric(metric)
             raise TableError(f"entry {key} of cost table {self.id} lacks metric {metric!r}")
         return entry[metric]
+
+    def network_cost(self, layer_sum, layers, metric: str):
+        """A network's cost from the sum of its layers' costs and its layer count (floats or
+        tensors): plus the overhead, then the fitted correction if the table has one."""
+        total = layer_sum + self.network_overhead(metric)
+        c = self.correction.get(metric) if reduction(metric) == "sum" else None
+        return total if c is None else c["a"] * total + c["b"] * layers + c["c"]
 
     def network_overhead(self, metric: str) -> float:
         """What one network run costs beyond its layers in ``metric``'s units (0 if unmeasured)."""
@@ -181,6 +193,9 @@ class CostTable:
                                                      for k in sorted(self.entries)}}
         if self.overhead:
             out["overhead"] = dict(sorted(self.overhead.items()))
+        if self.correction:
+            out["correction"] = {m: dict(sorted(c.items()))
+                                 for m, c in sorted(self.correction.items())}
         return out
 
     @classmethod
@@ -193,7 +208,8 @@ class CostTable:
             raise TableError(f"{source}: table format_version {version!r} is not supported "
                              f"(this hwnas reads versions {list(READABLE_VERSIONS)}); rebuild "
                              "it with `hwnas costs build`")
-        return cls(data["entries"], TableMeta.from_dict(data["meta"]), data.get("overhead"))
+        return cls(data["entries"], TableMeta.from_dict(data["meta"]), data.get("overhead"),
+                   data.get("correction"))
 
     @property
     def id(self) -> str:
