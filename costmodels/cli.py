@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer")
     b.add_argument("--repeats", type=int, default=100,
                    help="timed rounds: each layer once per round (median)")
+    b.add_argument("--burst", type=int, default=1,
+                   help="calls per timed call, the last one timed (1: each layer cold, among "
+                        "all others; more: warm, as inside a network run again and again)")
     b.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: elapsed time; thread: CPU time of the timing thread (cpu, "
                         "--threads 1), robust when other processes share the machine")
@@ -65,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--device", default=None,
                    help="default: the table's target (cpu, cuda[:N], onnxruntime)")
     c.add_argument("--repeats", type=int, default=30, help="timed rounds (median per member)")
+    c.add_argument("--burst", type=int, default=3,
+                   help="a member's timed call follows burst - 1 untimed ones: it runs warm, "
+                        "as a deployed member does (entries are timed as the table was)")
     c.add_argument("--clock", choices=("wall", "thread"), default=None,
                    help="default: the table's clock")
     c.add_argument("--out", default=None,
@@ -93,7 +99,8 @@ def _build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.target.split(":")[0] in DEVICE_TARGETS:
         table = build_measured_table(space, args.target, args.batch, args.threads, args.warmup,
-                                     args.repeats, space_file=args.space, clock=args.clock)
+                                     args.repeats, space_file=args.space, clock=args.clock,
+                                     burst=args.burst)
     elif args.target in PRESETS:
         table = build_analytic_table(space, args.target, args.batch, space_file=args.space)
     else:
@@ -143,7 +150,8 @@ def _check(args: argparse.Namespace) -> int:
     threads = args.threads or table.meta.threads or 1
     clock = args.clock or table.meta.clock or "wall"
     report = check_fidelity(space, table, args.samples, device, threads,
-                            args.seed, args.fit_samples, repeats=args.repeats, clock=clock)
+                            args.seed, args.fit_samples, repeats=args.repeats, clock=clock,
+                            burst=args.burst)
     out = Path(args.out) if args.out else RUNS / "fidelity" / Path(args.table).stem
     json_path, png_path = report.save(out)
     print(report.summary())

@@ -202,14 +202,16 @@ def sample_members(space: SearchSpace, n: int, seed: int, extremes: bool = True,
 def check_fidelity(space: SearchSpace, table: CostTable, n_samples: int = 50,
                    device: str | None = None, threads: int = 1, seed: int = 0,
                    fit_samples: int | None = None, warmup: int = 5, repeats: int = 30,
-                   progress: bool = True, clock: str = "wall") -> FidelityReport:
+                   progress: bool = True, clock: str = "wall", burst: int = 3
+                   ) -> FidelityReport:
     """Predicted vs. measured latency of ``n_samples`` random members plus the extremes.
 
     Members run on the table's target (``device`` overrides it) with ``threads`` threads.
     ``fit_samples`` other members (default: as many, from seed ``seed + 1``) fit the roofline,
     the MLP and the linear correction; fewer than 3 skip them. The fit and test sets never
     share a member. Members, the entries they use and the overhead run are all timed in the
-    same interleaved rounds (``warmup`` + ``repeats``, median each) with ``clock``.
+    same interleaved rounds (``warmup`` + ``repeats``, median each) with ``clock``; a member's
+    timed call follows ``burst`` − 1 untimed ones, as a deployed member runs warm.
     """
     table.check_covers(space)
     target = Target(device or table.meta.target, threads)
@@ -228,18 +230,19 @@ def check_fidelity(space: SearchSpace, table: CostTable, n_samples: int = 50,
     shapes = sorted({target.runtime_signature(s) for sigs in layers for s in sigs})
     from tqdm import tqdm
 
-    calls = [target.overhead(shape, seed)]
-    calls += [target.layer(s, space.act, seed) for s in tqdm(
-        shapes, desc="preparing entries", disable=not progress)]
-    calls += [target.network(extract(net, a), describe_layers(space, a), shape, seed)
-              for a in tqdm(archs, desc="preparing members", disable=not progress)]
+    plan = target.entry_calls(tqdm(shapes, desc="preparing entries", disable=not progress),
+                              space.act, shape, seed)
+    calls = plan.calls + [target.network(extract(net, a), describe_layers(space, a), shape, seed)
+                          for a in tqdm(archs, desc="preparing members", disable=not progress)]
+    # entries exactly as the build timed them; members warm, as deployed
+    bursts = [table.meta.burst] * len(plan.calls) + [burst] * len(archs)
     with target.running():
-        timed = time_interleaved(calls, target.device, warmup, repeats, seed, progress, clock)
-    overhead_now = timed[0][0]
-    entry_now = {s: max(t - overhead_now, 0.0) for s, (t, _) in
-                 zip(shapes, timed[1:1 + len(shapes)], strict=True)}
+        timed = time_interleaved(calls, target.device, warmup, repeats, seed, progress, clock,
+                                 bursts)
+    overhead_now, now = plan.entries(timed[:len(plan.calls)])
+    entry_now = {s: t for s, (t, _) in now.items()}
     members = []
-    for arch, sigs, (ms, spread) in zip(archs, layers, timed[1 + len(shapes):], strict=True):
+    for arch, sigs, (ms, spread) in zip(archs, layers, timed[len(plan.calls):], strict=True):
         stored = table_cost(space, table, arch, "latency_ms")  # + correction, if it has one
         members.append(Member(arch.to_dict(), len(sigs), stored, ms, spread, predictions={
             "table + overhead": stored,

@@ -92,6 +92,8 @@ def rebuild_command(table: CostTable, space_file: str | None, out: str | Path) -
         parts.append(f"--threads {m.threads}")
     if m.clock:
         parts.append(f"--clock {m.clock}")
+    if m.burst != 1:
+        parts.append(f"--burst {m.burst}")
     return " ".join([*parts, f"--out {out}"])
 
 

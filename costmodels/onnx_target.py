@@ -158,6 +158,35 @@ def lower_layer(module: nn.Module, sig: OpSignature) -> bytes:
     return quantize(model, shape, []) if integer_kernel(sig) else model
 
 
+PREFIX_CHANNELS = 8
+
+
+def prefix_key(sig: OpSignature) -> tuple[int, int, int, bool]:
+    """What a layer's prefix depends on: its input tensor and its kernel kind."""
+    return (sig.batch, sig.in_channels, sig.in_size, integer_kernel(sig))
+
+
+def prefix_module(sig: OpSignature) -> nn.Module:
+    """A 1×1 conv + batch norm that makes ``sig``'s input from ``PREFIX_CHANNELS`` channels."""
+    return nn.Sequential(nn.Conv2d(PREFIX_CHANNELS, sig.in_channels, 1, bias=False),
+                         nn.BatchNorm2d(sig.in_channels)).eval()
+
+
+def lower_chain(modules: Sequence[nn.Module], sig: OpSignature) -> bytes:
+    """``modules`` in sequence on a ``PREFIX_CHANNELS``-channel input, all lowered like
+    ``sig`` (QDQ int8 throughout when it runs an integer kernel, else float).
+
+    A layer timed after a prefix, minus the prefix alone, is the layer as it runs inside a
+    chain: its input arrives already quantized and in the kernel's layout, so it pays no
+    quantize / layout change on the way in. What it pays on the way out (dequantize, layout
+    back) the next layer's difference takes off again: summed along a network, the ends
+    telescope to the network's own input and output conversions.
+    """
+    shape = (sig.batch, PREFIX_CHANNELS, sig.in_size, sig.in_size)
+    model = export_float(nn.Sequential(*modules), shape)
+    return quantize(model, shape, []) if integer_kernel(sig) else model
+
+
 def identity_model(input_shape: Sequence[int]) -> bytes:
     """A graph that only returns its input: what a run costs beyond its layers."""
     import onnx

@@ -86,15 +86,23 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, warmup: int,
-                     repeats: int, seed: int = 0, progress: bool = False, clock: str = "wall"
-                     ) -> list[tuple[float, float]]:
-    """Median ms and spread of each function, timed one call per round in shuffled order."""
+                     repeats: int, seed: int = 0, progress: bool = False, clock: str = "wall",
+                     bursts: Sequence[int] | None = None) -> list[tuple[float, float]]:
+    """Median ms and spread of each function, timed one call per round in shuffled order.
+
+    ``bursts[i] = k`` runs function ``i`` k − 1 times untimed right before its timed call:
+    a network then runs as it does when deployed (again and again, its weights in cache)
+    while the rounds still spread the machine's load over all functions alike.
+    """
     rng = random.Random(seed)
     times: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
+    bursts = bursts or [1] * len(fns)
     for r in tqdm(range(warmup + max(repeats, 1)), desc="timing rounds", disable=not progress):
         rng.shuffle(order)
         for i in order:
+            for _ in range(bursts[i] - 1):
+                fns[i]()
             t = timed_call(fns[i], device, clock)
             if r >= warmup:
                 times[i].append(t)
@@ -141,17 +149,20 @@ def measure_network_latency(module: nn.Module, input_shape: tuple[int, ...],
                             clock=clock)[0]
 
 
-def protocol(batch: int, threads: int | None, clock: str, warmup: int, repeats: int) -> str:
+def protocol(batch: int, threads: int | None, clock: str, warmup: int, repeats: int,
+             burst: int = 1) -> str:
     """How a table was timed, in words (recorded in its metadata)."""
+    each = "once" if burst == 1 else f"{burst} times in a row, the last timed,"
     return (f"batch {batch}, {threads or 'default'} thread(s), {clock} clock, {warmup} warm-up "
-            f"+ {repeats} interleaved rounds (each layer once per round, shuffled), median; "
-            "overhead of an identity run subtracted per layer and added once per network")
+            f"+ {repeats} interleaved rounds (each call {each} per round, shuffled), median; "
+            "entry = layer run minus its baseline run (torch: an identity run; onnxruntime: "
+            "the layer's prefix alone), the identity run added once per network")
 
 
 def build_measured_table(space: SearchSpace, device: str | torch.device = "cpu", batch: int = 1,
                          threads: int = 1, warmup: int = 10, repeats: int = 100,
                          space_file: str | None = None, progress: bool = True,
-                         seed: int = 0, clock: str = "wall") -> CostTable:
+                         seed: int = 0, clock: str = "wall", burst: int = 1) -> CostTable:
     """Time every runtime shape of ``space`` on target ``device`` (``cpu``, ``cuda[:N]`` or
     ``onnxruntime``) in ``warmup`` + ``repeats`` interleaved rounds.
 
@@ -165,25 +176,25 @@ def build_measured_table(space: SearchSpace, device: str | torch.device = "cpu",
     signatures = sorted(enumerate_signatures(space, batch))
     shapes = sorted({target.runtime_signature(s) for s in signatures})
     shape_in = (batch, space.input_channels, space.input_size, space.input_size)
-    calls = [target.overhead(shape_in, seed)]
-    calls += [target.layer(shape, space.act, seed) for shape in tqdm(
-        shapes, desc=f"preparing {target.kind} layers", disable=not progress)]
+    plan = target.entry_calls(tqdm(shapes, desc=f"preparing {target.kind} layers",
+                                   disable=not progress), space.act, shape_in, seed)
     with target.running():
-        results = time_interleaved(calls, target.device, warmup, repeats, seed, progress, clock)
-    (overhead, _), results = results[0], results[1:]
-    timed = dict(zip(shapes, results, strict=True))
+        raw = time_interleaved(plan.calls, target.device, warmup, repeats, seed, progress,
+                               clock, [burst] * len(plan.calls))
+    overhead, timed = plan.entries(raw)
+    results = list(timed.values())
     entries = {}
     for s in signatures:
         latency, spread = timed[target.runtime_signature(s)]
-        entries[s.key] = {**count_metrics(s), "latency_ms": max(latency - overhead, 0.0),
-                          "latency_spread": spread}
+        entries[s.key] = {**count_metrics(s), "latency_ms": latency, "latency_spread": spread}
     thread_count = threads if target.device.type == "cpu" else None
     meta = TableMeta(
         target=target.name, device=device_name(target.device), method="measured",
         torch_version=torch.__version__, batch=batch, threads=thread_count, warmup=warmup,
-        repeats=repeats, clock=clock, spread=statistics.median(r[1] for r in results),
+        repeats=repeats, clock=clock, burst=burst,
+        spread=statistics.median(r[1] for r in results),
         host=host_info(target.device, thread_count), protocol=protocol(
-            batch, thread_count, clock, warmup, repeats),
+            batch, thread_count, clock, warmup, repeats, burst),
         probe=time_probe(target.name, threads, clock, list(pick_probe(
             {shape.key: t for shape, (t, _) in timed.items()})), space.act, seed=seed),
         notes=(f"{target.runtime}: {len(shapes)} runtime shapes timed for {len(signatures)} "

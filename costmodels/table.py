@@ -76,6 +76,7 @@ class TableMeta:
     warmup: int | None = None
     repeats: int | None = None
     clock: str | None = None  # "wall" or "thread" (CPU time of the timing thread); measured only
+    burst: int = 1  # calls per timed call (the last one timed): 1 = cold, more = warm
     spread: float | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))

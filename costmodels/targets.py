@@ -118,6 +118,11 @@ class Target:
                                             self.threads, seed)
         return self._torch_call(module, shape, seed)
 
+    def entry_calls(self, shapes: Sequence[OpSignature], act: str, input_shape: Sequence[int],
+                    seed: int = 0) -> EntryCalls:
+        """The calls that time table entries for ``shapes`` (with the overhead run first)."""
+        return EntryCalls(self, shapes, act, input_shape, seed)
+
     def network(self, module: nn.Module, layers: Sequence[LayerShape],
                 input_shape: Sequence[int], seed: int = 0) -> Callable[[], object]:
         """One call of an extracted member (``layers``: its layers in execution order)."""
@@ -139,3 +144,45 @@ class Target:
         module = module.to(self.device).eval()
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         return lambda: module(x)
+
+
+class EntryCalls:
+    """Calls that time a table's entries, and how their times become entries (ms).
+
+    torch: each layer's own call, minus the overhead run (launch, input, output), which every
+    call pays. onnxruntime: each layer after a prefix, minus that prefix alone (see
+    `onnx_target.lower_chain`), so an integer layer is priced without the quantize, layout
+    change and dequantize that a lone layer's graph needs but a network's chain shares.
+    ``calls[0]`` is the overhead run.
+    """
+
+    def __init__(self, target: Target, shapes: Sequence[OpSignature], act: str,
+                 input_shape: Sequence[int], seed: int = 0):
+        self.calls: list[Callable[[], object]] = [target.overhead(input_shape, seed)]
+        self.index: dict[OpSignature, tuple[int, int]] = {}  # shape -> (call, baseline call)
+        prefixes: dict[tuple, int] = {}
+        for shape in shapes:
+            if target.kind != "onnxruntime":
+                self.index[shape] = (len(self.calls), 0)
+                self.calls.append(target.layer(shape, act, seed))
+                continue
+            torch.manual_seed(seed)
+            prefix = onnx_target.prefix_module(shape)
+            key = onnx_target.prefix_key(shape)
+            chain_shape = (shape.batch, onnx_target.PREFIX_CHANNELS, shape.in_size,
+                           shape.in_size)
+            if key not in prefixes:
+                prefixes[key] = len(self.calls)
+                self.calls.append(onnx_target.session_call(
+                    onnx_target.lower_chain([prefix], shape), chain_shape, target.threads,
+                    seed))
+            self.index[shape] = (len(self.calls), prefixes[key])
+            self.calls.append(onnx_target.session_call(
+                onnx_target.lower_chain([prefix, op_module(shape, act)], shape), chain_shape,
+                target.threads, seed))
+
+    def entries(self, timed: Sequence[tuple[float, float]]
+                ) -> tuple[float, dict[OpSignature, tuple[float, float]]]:
+        """(overhead ms, {shape: (entry ms, spread of its call)}) from ``calls``' times."""
+        return timed[0][0], {s: (max(timed[i][0] - timed[b][0], 0.0), timed[i][1])
+                             for s, (i, b) in self.index.items()}
