@@ -108,6 +108,11 @@ def _build(args: argparse.Namespace) -> int:
               f"{sorted(PRESETS)}", file=sys.stderr)
         return 2
     table.save(args.out)
+    if table.meta.host:
+        h = table.meta.host
+        print(f"measured on {h.get('gpu') or h.get('cpu')} ({h.get('cores')} cores, "
+              f"{h.get('threads') or 'default'} thread(s)), torch {h.get('torch')}, onnxruntime "
+              f"{h.get('onnxruntime')}; {table.meta.protocol}")
     print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
           f"id {table.id}, {time.perf_counter() - start:.1f} s")
     return 0

@@ -175,11 +175,3 @@ def require_host(table: CostTable, space: SearchSpace, space_file: str | None,
         out = cache_path(space, table.meta.target, table.meta.threads)
         raise ForeignTableError(verdict.message(table, rebuild_command(table, space_file, out)))
     return verdict
-
-
-def describe(table: CostTable) -> Sequence[str]:
-    """Provenance lines for a report."""
-    m = table.meta
-    h = m.host or {}
-    return [f"table {table.id}: {m.method} on {h.get('gpu') or h.get('cpu') or m.device!r}, "
-            f"{m.target}, {m.protocol or 'protocol not recorded'}, {m.created}"]
