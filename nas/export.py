@@ -136,7 +136,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
                   onnx: bool = True, progress: bool = True, seed: int = 0) -> ExportResult:
     """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``."""
-    table = table if table is not None else CostTable.load(search.hparams.cost_table)
+    table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
                                 start=start, configs=configs)
     space, net = search.search_space, search.net.cpu().eval()

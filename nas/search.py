@@ -19,6 +19,7 @@ Random draws come from a generator seeded by (seed, epoch, batch), so every rank
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +41,9 @@ from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from nas.shipping import Budget, describe, ship, within
 from supernet import ArchConfig, SearchSpace, SuperNet
 
+# the table a checkpoint carries, while `load_search` builds the module from it
+_CARRIED_TABLE: contextvars.ContextVar[CostTable | None] = contextvars.ContextVar(
+    "carried_cost_table", default=None)
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
 
@@ -78,9 +82,10 @@ class SupernetSearch(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.search_space = SearchSpace.from_yaml(space)
-        table = CostTable.load(cost_table)
+        # `load_search` hands over the table a checkpoint carries: its file may be gone
+        table = _CARRIED_TABLE.get() or CostTable.load(cost_table)
         table.check_covers(self.search_space)
-        self.table_id = table.id
+        self.table, self.table_id = table, table.id
         with torch.random.fork_rng(devices=[]):  # the initial weights follow `seed` alone
             torch.manual_seed(seed)
             self.net = SuperNet(self.search_space)
@@ -380,6 +385,7 @@ class SupernetSearch(L.LightningModule):
         checkpoint["hwnas"] = {
             "space": self.search_space.spec,
             "table_id": self.table_id,
+            "cost_table": self.table.to_dict(),  # content, so export and resume never re-read
             "argmax": self.arch.argmax().to_dict(),
             "shipped": self.shipped().to_dict(),
             "bad_steps": self.bad_steps,
@@ -392,6 +398,26 @@ class SupernetSearch(L.LightningModule):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")
         self.bad_steps = meta.get("bad_steps", 0)
+        self.check_carried_table(meta)
+
+    def check_carried_table(self, meta: dict) -> None:
+        """The table this module prices with must be the one the checkpoint was searched with."""
+        where = f"--cost_table {self.hparams.cost_table!r}"
+        carried = meta.get("cost_table")
+        if carried is None:
+            recorded = meta.get("table_id")
+            if recorded not in (None, self.table_id):
+                raise ValueError(f"checkpoint was searched with cost table {recorded}, but "
+                                 f"{where} is table {self.table_id}; pass the table it was "
+                                 "searched with")
+            warnings.warn(f"checkpoint carries no cost table (written by an older hwnas); "
+                          f"using {where} (table {self.table_id})", stacklevel=2)
+            return
+        searched = CostTable.from_dict(carried, "the checkpoint's cost table").id
+        if searched != self.table_id:
+            raise ValueError(f"{where} is cost table {self.table_id}, but the checkpoint was "
+                             f"searched with table {searched} (carried inside it); leave "
+                             "--cost_table out to use the carried table")
 
 
 def result_line(budgets: list[Budget], shipped: ArchConfig, val_acc: float | None,
@@ -409,9 +435,23 @@ def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
 
 def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:
     """Load a search checkpoint on the CPU with ``weights_only`` (no code runs from the file)."""
-    saved = read_search_checkpoint(ckpt, CKPT_FIX)["hyper_parameters"]
+    checkpoint = read_search_checkpoint(ckpt, CKPT_FIX)
+    saved = checkpoint["hyper_parameters"]
     if "budget" not in saved and "budget" not in overrides:
         warnings.warn(f"{ckpt} does not record its budget (written by an older hwnas); "
                       "its family and export use the default budget", stacklevel=2)
-    return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                               **overrides)
+    carried = checkpoint["hwnas"].get("cost_table")
+    table = None
+    if "cost_table" not in overrides and carried is not None:
+        table = CostTable.from_dict(carried, f"{ckpt}: its cost table")
+    elif "cost_table" not in overrides and not Path(str(saved.get("cost_table"))).is_file():
+        raise FileNotFoundError(
+            f"{ckpt} carries no cost table (written by an older hwnas) and its table file "
+            f"{saved.get('cost_table')!r} is gone; pass the table it was searched with (id "
+            f"{checkpoint['hwnas'].get('table_id')})")
+    token = _CARRIED_TABLE.set(table)
+    try:
+        return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                   **overrides)
+    finally:
+        _CARRIED_TABLE.reset(token)

@@ -102,12 +102,16 @@ def from_checkpoint(path: Path) -> dict[str, Any]:
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
             out["val_acc"] = float(state["current_score"])
+    carried = meta.get("cost_table")  # older checkpoints: only the path of the table file
     table_file = ckpt.get("hyper_parameters", {}).get("cost_table")
-    if out["arch"] and meta.get("space") and table_file and Path(table_file).is_file():
+    if out["arch"] and meta.get("space") and (carried is not None or (
+            isinstance(table_file, str) and Path(table_file).is_file())):
         from costmodels import CostTable, table_cost
         from supernet import ArchConfig, SearchSpace
 
-        space, table = SearchSpace(meta["space"]), CostTable.load(table_file)
+        space = SearchSpace(meta["space"])
+        table = (CostTable.from_dict(carried, f"{path}: its cost table") if carried is not None
+                 else CostTable.load(table_file))
         arch = ArchConfig.from_dict(out["arch"])
         out["costs"] = {m: table_cost(space, table, arch, m) for m in table.metrics}
     return out
