@@ -1,0 +1,168 @@
+"""Fused mixed-precision fake quantizers: Σ_b p_b·Q_b(x) as one autograd op.
+
+The relaxed network mixes every candidate bit-width (EdMIPS). Written as one quantizer per
+bit-width and a weighted sum, each activation costs a dozen autograd nodes and a saved copy per
+bit-width; it dominated the relaxed step. Here the sum is one `torch.autograd.Function` whose
+backward returns the gradients of ``x``, of every probability ``p_b`` and of every learned step
+``s_b`` in one call, saving only ``x``. The kernels are plain torch ops (any device, the exact
+reference values); `use_compiled_kernels` swaps in a `torch.compile`d build of the same
+kernels that fuses each into one loop over the tensor (needs a C++ compiler on CPU, Triton on
+CUDA; compiled once per process, shapes dynamic). The functions are traceable, so a compiled
+supernet inlines them too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+FLOAT_BITS = 32
+
+
+def _bounds(bits: int) -> tuple[int, int]:
+    """Signed integer range (−qn, qp) of ``bits``-bit codes."""
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+# -- activations (LSQ, learned step per bit-width) ---------------------------------------------
+def act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b p_b · s_b·clamp(round(x/s_b), −qn, qp); 32 bits contributes p_b·x. Same float ops,
+    in the same order, as the per-bit-width reference, so the values are identical."""
+    out = None
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            term = probs[i] * x
+        else:
+            qn, qp = _bounds(b)
+            term = torch.div(x, steps[i]).round_().clamp_(-qn, qp).mul_(steps[i]).mul_(probs[i])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                 bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of x (straight-through inside each range, weighed by p_b), of the steps (LSQ,
+    scaled by 1/sqrt(numel per sample · qp)) and of the probabilities (⟨grad, Q_b(x)⟩)."""
+    per_sample = x[0].numel()
+    slope, d_steps, d_probs = None, [], []
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            d_probs.append((grad * x).sum())
+            d_steps.append(torch.zeros_like(steps[i]))
+            inside = probs[i]
+        else:
+            qn, qp = _bounds(b)
+            scaled = torch.div(x, steps[i])
+            clipped = scaled.clamp(-qn, qp)
+            keep = clipped == scaled  # inside the range: straight-through
+            codes = clipped.round_()
+            d_probs.append((grad * codes).sum() * steps[i])  # ⟨grad, Q_b(x)⟩
+            # d(s·q)/ds = q − x/s inside the range, the bound outside (LSQ); p_b weighs it
+            d_step = (grad * codes.sub_(scaled.mul_(keep))).sum()
+            d_steps.append(d_step * probs[i] / math.sqrt(per_sample * qp))
+            inside = keep * probs[i]
+        slope = inside if slope is None else slope + inside
+    return grad * slope, torch.stack(d_steps), torch.stack(d_probs)
+
+
+# -- weights (per-output-channel symmetric, scale from the channel's max magnitude) -------------
+def weight_forward(w: torch.Tensor, probs: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b p_b · Q_b(w); the same values as `supernet.quant.quantize_weight` per bit-width."""
+    out = None
+    peak = None
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            term = probs[i] * w
+        else:
+            if peak is None:
+                peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
+            scale = peak / _bounds(b)[1]
+            term = torch.div(w, scale).round_().mul_(scale).mul_(probs[i])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def weight_codes(w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """Q_b(w) for every bit-width, stacked: what ∂/∂p_b of the mixed weight is."""
+    peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
+    out = []
+    for b in bits:
+        if b >= FLOAT_BITS:
+            out.append(w)
+        else:
+            scale = peak / _bounds(b)[1]
+            out.append(torch.div(w, scale).round_().mul_(scale))
+    return torch.stack(out)
+
+
+# -- the autograd ops -----------------------------------------------------------------------------
+class _Kernels:
+    """The kernels in use: eager by default, `torch.compile`d after `use_compiled_kernels`."""
+
+    act_forward: Callable = staticmethod(act_forward)
+    act_backward: Callable = staticmethod(act_backward)
+    compiled = False
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Run the fused quantizers through `torch.compile` (one loop per kernel) or eagerly."""
+    if enabled and not _Kernels.compiled:
+        _Kernels.act_forward = staticmethod(torch.compile(act_forward, dynamic=True))
+        _Kernels.act_backward = staticmethod(torch.compile(act_backward, dynamic=True))
+    elif not enabled:
+        _Kernels.act_forward = staticmethod(act_forward)
+        _Kernels.act_backward = staticmethod(act_backward)
+    _Kernels.compiled = enabled
+
+
+class MixedActQuant(torch.autograd.Function):
+    """Σ_b p_b·LSQ_b(x): one node, one saved tensor (``x``), all gradients in one backward."""
+
+    @staticmethod
+    def forward(ctx, x, steps, probs, bits: tuple[int, ...]):
+        ctx.save_for_backward(x, steps, probs)
+        ctx.bits = bits
+        return _Kernels.act_forward(x, steps, probs, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, steps, probs = ctx.saved_tensors
+        d_x, d_steps, d_probs = _Kernels.act_backward(grad.contiguous(), x, steps, probs,
+                                                      ctx.bits)
+        return d_x, d_steps, d_probs, None
+
+
+class MixedWeightQuant(torch.autograd.Function):
+    """Σ_b p_b·Q_b(w) with straight-through rounding: ∂/∂w = Σ_b p_b, ∂/∂p_b = ⟨grad, Q_b(w)⟩
+    (the scale is a constant of the step, as in `quantize_weight`)."""
+
+    @staticmethod
+    def forward(ctx, w, probs, bits: tuple[int, ...]):
+        ctx.save_for_backward(w, probs)
+        ctx.bits = bits
+        return weight_forward(w, probs, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, probs = ctx.saved_tensors
+        d_w = grad * probs.sum() if ctx.needs_input_grad[0] else None
+        d_probs = None
+        if ctx.needs_input_grad[1]:
+            d_probs = (weight_codes(w, ctx.bits) * grad).flatten(1).sum(1)
+        return d_w, d_probs, None
+
+
+def mixed_act_quant(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                    bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b probs[b]·LSQ(x, steps[b], bits[b]); ``steps`` positive, one per bit-width (the
+    entry of 32 bits is unused)."""
+    return MixedActQuant.apply(x, steps, probs.to(x.dtype), tuple(int(b) for b in bits))
+
+
+def mixed_weight_quant(w: torch.Tensor, probs: torch.Tensor,
+                       bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b probs[b]·quantize_weight(w, bits[b]) as one op."""
+    return MixedWeightQuant.apply(w, probs.to(w.dtype), tuple(int(b) for b in bits))
