@@ -10,19 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supernet.mix import Choice, Mix, width_of
+from supernet.mix import Choice, Mix, choice_masks, width_of
 from supernet.quant import mixed_weight
 
 
 def kernel_mask(kernel: Mix, size: int, like: torch.Tensor) -> torch.Tensor:
     """Expected ``size``×``size`` mask: P(position lies in the chosen centred k×k window)."""
-    idx = torch.arange(size, device=like.device)
-    masks = []
-    for k in kernel.values:
-        lo = (size - int(k)) // 2
-        inside = (idx >= lo) & (idx < lo + int(k))
-        masks.append((inside[:, None] & inside[None, :]).to(like.dtype))
-    return torch.einsum("k,kij->ij", kernel.probs.to(like.dtype), torch.stack(masks))
+    def compute() -> torch.Tensor:
+        masks = choice_masks("window", tuple(kernel.values), size, like.device, like.dtype)
+        return (kernel.probs.to(like.dtype) @ masks).view(size, size)
+
+    return kernel.cached(("window", size, like.dtype), compute)
 
 
 def centre_crop(w: torch.Tensor, k: int) -> torch.Tensor:
