@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 FLOAT_BITS = 32
+MIN_STEP = 1e-8  # floor of a learned activation step, so x/s stays finite
 
 
 def _bounds(bits: int) -> tuple[int, int]:
@@ -29,8 +30,9 @@ def _bounds(bits: int) -> tuple[int, int]:
 # -- activations (LSQ, learned step per bit-width) ---------------------------------------------
 def act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
                 bits: tuple[int, ...]) -> torch.Tensor:
-    """Σ_b p_b · s_b·clamp(round(x/s_b), −qn, qp); 32 bits contributes p_b·x. Same float ops,
-    in the same order, as the per-bit-width reference, so the values are identical."""
+    """Σ_b p_b · s_b·clamp(round(x/s_b), −qn, qp) with s_b = max(|steps_b|, MIN_STEP); 32 bits
+    contributes p_b·x. The reference's float ops in its order, so the values are identical."""
+    steps = steps.abs().clamp_min(MIN_STEP)
     out = None
     for i, b in enumerate(bits):
         if b >= FLOAT_BITS:
@@ -47,6 +49,7 @@ def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs
     """Gradients of x (straight-through inside each range, weighed by p_b), of the steps (LSQ,
     scaled by 1/sqrt(numel per sample · qp)) and of the probabilities (⟨grad, Q_b(x)⟩)."""
     per_sample = x[0].numel()
+    raw, steps = steps, steps.abs().clamp_min(MIN_STEP)
     slope, d_steps, d_probs = None, [], []
     for i, b in enumerate(bits):
         if b >= FLOAT_BITS:
@@ -65,7 +68,9 @@ def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs
             d_steps.append(d_step * probs[i] / math.sqrt(per_sample * qp))
             inside = keep * probs[i]
         slope = inside if slope is None else slope + inside
-    return grad * slope, torch.stack(d_steps), torch.stack(d_probs)
+    # through |s| and the floor, as autograd differentiates abs() and clamp_min()
+    d_raw = torch.stack(d_steps) * raw.sgn() * (raw.abs() >= MIN_STEP)
+    return grad * slope, d_raw, torch.stack(d_probs)
 
 
 # -- weights (per-output-channel symmetric, scale from the channel's max magnitude) -------------
@@ -85,37 +90,47 @@ def weight_forward(w: torch.Tensor, probs: torch.Tensor, bits: tuple[int, ...]) 
     return out
 
 
-def weight_codes(w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
-    """Q_b(w) for every bit-width, stacked: what ∂/∂p_b of the mixed weight is."""
+def weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+                    bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂/∂w = grad·Σ_b p_b (straight-through rounding, the scale a constant of the step);
+    ∂/∂p_b = ⟨grad, Q_b(w)⟩."""
     peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
-    out = []
+    d_probs = []
     for b in bits:
         if b >= FLOAT_BITS:
-            out.append(w)
+            d_probs.append((grad * w).sum())
         else:
             scale = peak / _bounds(b)[1]
-            out.append(torch.div(w, scale).round_().mul_(scale))
-    return torch.stack(out)
+            d_probs.append((grad * torch.div(w, scale).round_().mul_(scale)).sum())
+    return grad * probs.sum(), torch.stack(d_probs)
 
 
 # -- the autograd ops -----------------------------------------------------------------------------
+KERNELS = ("act_forward", "act_backward", "weight_forward", "weight_backward")
+
+
 class _Kernels:
     """The kernels in use: eager by default, `torch.compile`d after `use_compiled_kernels`."""
 
-    act_forward: Callable = staticmethod(act_forward)
-    act_backward: Callable = staticmethod(act_backward)
-    compiled = False
+    eager = {name: globals()[name] for name in KERNELS}
+    compiled: dict[str, Callable] = {}
+    active = eager
+    on = False
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
-    """Run the fused quantizers through `torch.compile` (one loop per kernel) or eagerly."""
+    """Run the fused quantizers' kernels through `torch.compile` (one fused loop each, compiled
+    on first use per process, any shape) or eagerly (the default)."""
     if enabled and not _Kernels.compiled:
-        _Kernels.act_forward = staticmethod(torch.compile(act_forward, dynamic=True))
-        _Kernels.act_backward = staticmethod(torch.compile(act_backward, dynamic=True))
-    elif not enabled:
-        _Kernels.act_forward = staticmethod(act_forward)
-        _Kernels.act_backward = staticmethod(act_backward)
-    _Kernels.compiled = enabled
+        _Kernels.compiled = {name: torch.compile(fn, dynamic=True)
+                             for name, fn in _Kernels.eager.items()}
+    _Kernels.active = _Kernels.compiled if enabled else _Kernels.eager
+    _Kernels.on = enabled
+
+
+def compiled_kernels() -> bool:
+    """Whether the fused quantizers run compiled kernels."""
+    return _Kernels.on
 
 
 class MixedActQuant(torch.autograd.Function):
@@ -125,13 +140,12 @@ class MixedActQuant(torch.autograd.Function):
     def forward(ctx, x, steps, probs, bits: tuple[int, ...]):
         ctx.save_for_backward(x, steps, probs)
         ctx.bits = bits
-        return _Kernels.act_forward(x, steps, probs, bits)
+        return _Kernels.active["act_forward"](x, steps, probs, bits)
 
     @staticmethod
     def backward(ctx, grad):
         x, steps, probs = ctx.saved_tensors
-        d_x, d_steps, d_probs = _Kernels.act_backward(grad.contiguous(), x, steps, probs,
-                                                      ctx.bits)
+        d_x, d_steps, d_probs = _Kernels.active["act_backward"](grad, x, steps, probs, ctx.bits)
         return d_x, d_steps, d_probs, None
 
 
@@ -143,26 +157,28 @@ class MixedWeightQuant(torch.autograd.Function):
     def forward(ctx, w, probs, bits: tuple[int, ...]):
         ctx.save_for_backward(w, probs)
         ctx.bits = bits
-        return weight_forward(w, probs, bits)
+        # a detached view: compiled kernels keep one build for every shape (parameters' shapes
+        # would be specialised)
+        return _Kernels.active["weight_forward"](w.detach() if _Kernels.on else w, probs, bits)
 
     @staticmethod
     def backward(ctx, grad):
         w, probs = ctx.saved_tensors
-        d_w = grad * probs.sum() if ctx.needs_input_grad[0] else None
-        d_probs = None
-        if ctx.needs_input_grad[1]:
-            d_probs = (weight_codes(w, ctx.bits) * grad).flatten(1).sum(1)
+        w = w.detach() if _Kernels.on else w
+        d_w, d_probs = _Kernels.active["weight_backward"](grad, w, probs, ctx.bits)
         return d_w, d_probs, None
 
 
 def mixed_act_quant(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
                     bits: tuple[int, ...]) -> torch.Tensor:
-    """Σ_b probs[b]·LSQ(x, steps[b], bits[b]); ``steps`` positive, one per bit-width (the
-    entry of 32 bits is unused)."""
-    return MixedActQuant.apply(x, steps, probs.to(x.dtype), tuple(int(b) for b in bits))
+    """Σ_b probs[b]·LSQ(x, |steps[b]|, bits[b]): ``steps`` are the learned step sizes, one per
+    bit-width (the entry of 32 bits is unused), used by magnitude, at least ``MIN_STEP``."""
+    probs = probs if probs.dtype == x.dtype else probs.to(x.dtype)
+    return MixedActQuant.apply(x, steps, probs, tuple(int(b) for b in bits))
 
 
 def mixed_weight_quant(w: torch.Tensor, probs: torch.Tensor,
                        bits: tuple[int, ...]) -> torch.Tensor:
     """Σ_b probs[b]·quantize_weight(w, bits[b]) as one op."""
-    return MixedWeightQuant.apply(w, probs.to(w.dtype), tuple(int(b) for b in bits))
+    probs = probs if probs.dtype == w.dtype else probs.to(w.dtype)
+    return MixedWeightQuant.apply(w, probs, tuple(int(b) for b in bits))

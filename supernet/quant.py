@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from supernet.fused import FLOAT_BITS, mixed_act_quant, mixed_weight_quant
+from supernet.fused import FLOAT_BITS, MIN_STEP, mixed_act_quant, mixed_weight_quant
 from supernet.mix import Choice, Mix
 
 
@@ -88,7 +88,7 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor
         return x
     qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     g = 1.0 / math.sqrt(max(x[0].numel(), 1) * qp)
-    return _LSQ.apply(x, step.abs().clamp_min(1e-8), qn, qp, g)
+    return _LSQ.apply(x, step.abs().clamp_min(MIN_STEP), qn, qp, g)
 
 
 def initial_step(bits: int) -> float:
@@ -107,7 +107,7 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor, bits: Choice) -> torch.Tensor:
         if not isinstance(bits, Mix):
             return self._at(x, int(bits))
-        steps = self.step.abs().clamp_min(1e-8)
+        steps = self.step
         if tuple(bits.values) != self.bit_choices:
             steps = steps[[self.bit_choices.index(int(b)) for b in bits.values]]
         return mixed_act_quant(x, steps, bits.probs, bits.values)
@@ -123,7 +123,7 @@ class ActQuantizer(nn.Module):
         """A fixed quantizer for an extracted network (or identity at 32 bits)."""
         if bits >= FLOAT_BITS:
             return nn.Identity()
-        step = self.step[self.bit_choices.index(bits)].detach().abs().clamp_min(1e-8)
+        step = self.step[self.bit_choices.index(bits)].detach().abs().clamp_min(MIN_STEP)
         return FakeQuantAct(float(step), bits)
 
 
