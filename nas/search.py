@@ -38,6 +38,7 @@ from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from supernet import SearchSpace, SuperNet
+from supernet.fused import use_compiled_kernels
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
@@ -68,6 +69,7 @@ class SupernetSearch(L.LightningModule):
         grad_clip: float = 5.0,
         max_bad_steps: int = 10,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -76,6 +78,8 @@ class SupernetSearch(L.LightningModule):
         budget, extra_budgets = asdict(specs[0]), [asdict(s) for s in specs[1:]]
         self.save_hyperparameters()
         self.automatic_optimization = False
+        if compile:  # the fused quantizers as compiled kernels: a minute to build, then faster
+            use_compiled_kernels(True)
         self.search_space = SearchSpace.from_yaml(space)
         table = CostTable.load(cost_table)
         table.check_covers(self.search_space)
