@@ -38,7 +38,7 @@ from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from supernet import SearchSpace, SuperNet
-from supernet.fused import use_compiled_kernels
+from supernet.fused import kernels
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
@@ -78,8 +78,6 @@ class SupernetSearch(L.LightningModule):
         budget, extra_budgets = asdict(specs[0]), [asdict(s) for s in specs[1:]]
         self.save_hyperparameters()
         self.automatic_optimization = False
-        if compile:  # the fused quantizers as compiled kernels: a minute to build, then faster
-            use_compiled_kernels(True)
         self.search_space = SearchSpace.from_yaml(space)
         table = CostTable.load(cost_table)
         table.check_covers(self.search_space)
@@ -151,6 +149,12 @@ class SupernetSearch(L.LightningModule):
             self.arch_step(a_opt, *batch["search"], gen)
 
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        # the fused quantizers as compiled kernels: a minute to build once, then faster
+        with kernels(compiled=self.hparams.compile):
+            self._weights_step(opt, x, y, gen)
+
+    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                      ) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         relaxed = {k: p.detach() for k, p in
@@ -178,6 +182,10 @@ class SupernetSearch(L.LightningModule):
         self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        with kernels(compiled=self.hparams.compile):
+            self._arch_step(opt, x, y, gen)
+
+    def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)

@@ -13,8 +13,9 @@ supernet inlines them too.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -131,6 +132,17 @@ def use_compiled_kernels(enabled: bool = True) -> None:
 def compiled_kernels() -> bool:
     """Whether the fused quantizers run compiled kernels."""
     return _Kernels.on
+
+
+@contextlib.contextmanager
+def kernels(compiled: bool) -> Iterator[None]:
+    """Run the fused quantizers with compiled (or eager) kernels inside the block only."""
+    before = _Kernels.on
+    use_compiled_kernels(compiled)
+    try:
+        yield
+    finally:
+        use_compiled_kernels(before)
 
 
 class MixedActQuant(torch.autograd.Function):
