@@ -28,7 +28,7 @@ from benchmarks.common import Clock, Options, mode, options, pyplot, sync, write
 from benchmarks.training import run_search
 
 NAME = "supernet_overhead"
-ROUNDS = {True: (3, 6), False: (6, 16)}  # (warm-up rounds, timed rounds)
+ROUNDS = {True: (3, 6), False: (10, 10)}  # (warm-up rounds, timed rounds)
 # the fused quantizers' kernels compared (compiling costs a minute: full mode only)
 KINDS = {True: ("eager",), False: ("eager", "compiled")}
 
@@ -109,8 +109,8 @@ class InterleavedSteps(L.Callback):
         self.times: dict[str, list[float]] = {}
         self.memory: dict[str, PeakMemory] = {}
         self.ops: dict[str, dict[str, int]] = {}
-        self.trial: dict[str, dict[str, list[float]]] = {"relaxed": {}, "plain": {}}
-        self.format = {"relaxed": "contiguous", "plain": "contiguous"}
+        self.trial: dict[str, dict[str, list[float]]] = {}
+        self.format: dict[str, str] = {}
         self.compile_ms: float | None = None
         self.rng = random.Random(0)
 
@@ -171,10 +171,9 @@ class InterleavedSteps(L.Callback):
         self.lap.__enter__()
 
     def choose_formats(self) -> None:
-        for side, trials in self.trial.items():
-            self.format[side] = min(trials, key=lambda f: statistics.median(trials[f]))
-        for model, side in ((self.relaxed, "relaxed"), (self.plain, "plain")):
-            model.to(memory_format=FORMATS[self.format[side]])
+        """Each side (the relaxed one per kernel kind) in its faster format from here on."""
+        for key, trials in self.trial.items():
+            self.format[key] = min(trials, key=lambda f: statistics.median(trials[f]))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.lap.__exit__(None, None, None)
@@ -191,11 +190,12 @@ class InterleavedSteps(L.Callback):
             probs = {k: p.detach() for k, p in module.arch.distribution(
                 module.hparams.relaxation, module.tau, module.generator(batch_idx)).items()}
         warm = batch_idx < self.warmup
-        fmt = {side: list(FORMATS)[(batch_idx // len(self.kinds)) % 2] if warm
-               else self.format[side] for side in self.format}
-        if warm:
-            for model, side in ((self.relaxed, "relaxed"), (self.plain, "plain")):
-                model.to(memory_format=FORMATS[fmt[side]])
+        keys = {"relaxed": "relaxed" + suffix, "plain": "plain"}
+        trial = list(FORMATS)[(batch_idx // len(self.kinds)) % 2]
+        fmt = {side: trial if warm else self.format.get(key, "contiguous")
+               for side, key in keys.items()}
+        for model, side in ((self.relaxed, "relaxed"), (self.plain, "plain")):
+            model.to(memory_format=FORMATS[fmt[side]])
         xs = {side: x.contiguous(memory_format=FORMATS[f]) for side, f in fmt.items()}
         steps = {
             "relaxed": lambda: weight_step(self.relaxed, lambda v: self.relaxed(v, probs),
@@ -206,7 +206,7 @@ class InterleavedSteps(L.Callback):
         order = list(steps)
         self.rng.shuffle(order)
         for name in order:
-            key = name + suffix if name == "relaxed" else name
+            key = keys[name]
             if batch_idx == self.profile_batch:
                 with PeakMemory(self.device) as mem:
                     steps[name]()
@@ -221,7 +221,8 @@ class InterleavedSteps(L.Callback):
             with clock.lap(self.device):
                 steps[name]()
             if warm and batch_idx >= len(self.kinds):  # not the first rounds (warming up)
-                self.trial[name].setdefault(fmt[name], []).append(clock.laps_ms[0])
+                self.trial.setdefault(key, {}).setdefault(fmt[name], []).append(
+                    clock.laps_ms[0])
             if not warm:
                 self.times.setdefault(key, []).append(clock.laps_ms[0])
         if batch_idx == self.warmup - 1:
