@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from supernet.fused import mixed_act_quant, mixed_weight_quant
-from supernet.mix import Mix
+from supernet.elastic import kernel_mask
+from supernet.fused import compiled_kernels, kernels, mixed_act_quant, mixed_weight_quant
+from supernet.mix import Mix, prefix_mask
 from supernet.quant import ActQuantizer, mixed_weight_reference
 
 BIT_SETS = [(4,), (8,), (32,), (2, 4), (4, 8, 32), (32, 8, 2)]
@@ -116,3 +117,42 @@ def test_activation_quantizer_accepts_a_mix_in_another_order():
     p = torch.tensor([0.5, 0.3, 0.2])
     expect = quant.reference(x, Mix(p, (32, 4, 8)))
     assert torch.equal(quant(x, Mix(p, (32, 4, 8))), expect)
+
+
+def test_masks_are_computed_once_per_mix_and_match_their_definition():
+    width = Mix(torch.tensor([0.2, 0.3, 0.5]), (2, 4, 6))
+    mask = prefix_mask(width, 6)
+    assert prefix_mask(width, 6) is mask  # cached on the mix: once per pass
+    expect = torch.tensor([1.0, 1.0, 0.8, 0.8, 0.5, 0.5])  # P(width > c)
+    assert torch.allclose(mask, expect)
+    kernel = Mix(torch.tensor([0.25, 0.75]), (3, 5))
+    km = kernel_mask(kernel, 5, torch.zeros(1))
+    assert kernel_mask(kernel, 5, torch.zeros(1)) is km
+    assert km[2, 2] == 1 and km[1, 3] == 1 and km[0, 0] == 0.75 and km[0, 2] == 0.75
+
+
+def test_kernel_choice_is_scoped_to_its_block():
+    assert not compiled_kernels()
+    with kernels(compiled=False):
+        assert not compiled_kernels()
+    assert not compiled_kernels()
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_the_eager_ones():
+    """torch.compile builds each kernel as one loop (about a minute on a small CPU)."""
+    torch.manual_seed(3)
+    bits = (4, 8, 32)
+    x0, w0 = torch.randn(4, 6, 5, 5) * 2, torch.randn(8, 6, 3, 3)
+    steps0, p0 = torch.tensor([0.4, 0.03, 1.0]), torch.softmax(torch.randn(3), -1)
+    got = []
+    for compiled in (False, True):
+        with kernels(compiled=compiled):
+            x, w, steps, p = leaves(x0, w0, steps0, p0)
+            y = mixed_act_quant(x, steps, p, bits)
+            v = mixed_weight_quant(w, p, bits)
+            (y.square().sum() + v.square().sum()).backward()
+        got.append((y.detach(), v.detach(), x.grad, w.grad, steps.grad, p.grad))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    for a, b in zip(got[0][2:], got[1][2:], strict=True):
+        assert_close_rel(a, b, 1e-5)
