@@ -74,7 +74,8 @@ def test_space_rejects_a_broken_spec_with_a_usage_error(capsys, tmp_path):
 
 def search_args(table: str, out) -> list[str]:
     return ["search", "fit", "--config", str(REPO / "configs/search/tiny.yaml"),
-            f"--model.cost_table={table}", "--trainer.logger=false",
+            f"--model.space={REPO / 'configs/spaces/tiny.yaml'}", f"--model.cost_table={table}",
+            "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
             f"--trainer.default_root_dir={out}", f"--checkpoint.dirpath={out}"]
@@ -127,3 +128,23 @@ def test_debug_switch_shows_the_traceback(tiny_table, tmp_path, monkeypatch):
     monkeypatch.setenv("HWNAS_DEBUG", "1")
     with pytest.raises(ValueError, match="cheapest"):
         main(search_args(tiny_table, tmp_path) + ["--model.budget.fraction=0.01"])
+
+
+def test_a_search_prints_no_library_notices(tiny_table, tmp_path):
+    """Notices that say nothing about the run are gone at their source: LightningCLI's `args`
+    warning, Lightning's hosted-logger tip, torch's LeafSpec deprecation, W&B's `anonymous`
+    warning and timm's one-epoch cosine warning."""
+    import os
+
+    argv = search_args(tiny_table, tmp_path)
+    argv.remove("--trainer.logger=false")  # the default logger: W&B, offline
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "nas", *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    assert "wandb" in output  # the logger did run
+    for notice in ("args parameter is intended", "litlogger", "LeafSpec", "anonymous setting",
+                   "Cosine annealing scheduler"):
+        assert notice not in output, notice
