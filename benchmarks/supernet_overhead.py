@@ -161,7 +161,9 @@ class InterleavedSteps(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         from supernet.fused import use_compiled_kernels
 
-        use_compiled_kernels(self.kind(batch_idx) == "compiled")
+        compiled = self.kind(batch_idx) == "compiled"
+        use_compiled_kernels(compiled)  # the relaxed copy's steps
+        module.hparams.compile = compiled  # the search's own steps (`--model.compile`)
         self.clock = Clock()
         if batch_idx == self.profile_batch:
             self.memory["search"] = PeakMemory(self.device).__enter__()
