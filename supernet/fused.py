@@ -7,8 +7,7 @@ backward returns the gradients of ``x``, of every probability ``p_b`` and of eve
 ``s_b`` in one call, saving only ``x``. The kernels are plain torch ops (any device, the exact
 reference values); `use_compiled_kernels` swaps in a `torch.compile`d build of the same
 kernels that fuses each into one loop over the tensor (needs a C++ compiler on CPU, Triton on
-CUDA; compiled once per process, shapes dynamic). The functions are traceable, so a compiled
-supernet inlines them too.
+CUDA; compiled once per process, shapes dynamic); `kernels` scopes that choice to a block.
 """
 
 from __future__ import annotations
