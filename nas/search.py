@@ -37,7 +37,8 @@ from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
-from supernet import SearchSpace, SuperNet
+from nas.shipping import Budget, describe, ship, within
+from supernet import ArchConfig, SearchSpace, SuperNet
 from supernet.fused import kernels
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
@@ -293,7 +294,7 @@ class SupernetSearch(L.LightningModule):
     # -- validation: the current argmax member, as a user would deploy it ----------------------
     def on_validation_epoch_start(self) -> None:
         self.sync_bn_statistics()
-        self.val_arch = self.arch.argmax()
+        self.val_arch = self.shipped()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -312,17 +313,34 @@ class SupernetSearch(L.LightningModule):
         for acc in self.val_acc:
             acc.reset()
         for m, e in self.expected.items():
-            self.log(f"arch/argmax_{m}", e.concrete(self.val_arch))
+            self.log(f"arch/shipped_{m}", e.concrete(self.val_arch))
         for key, h in self.arch.entropy().items():
             self.log(f"alpha_entropy/{key}", h)
 
-    def final_summary(self) -> dict[str, float | str]:
-        """The argmax member, its table costs and the last validation accuracy."""
-        final = self.arch.argmax()
-        summary: dict[str, float | str] = {"final/arch": final.to_json()}
-        summary.update({f"final/{m}": e.concrete(final) for m, e in self.expected.items()})
+    def shipping_budgets(self) -> list[Budget]:
+        return [Budget(b.name, self.expected[b.name].concrete, b.budget, b.spec.equality)
+                for b in self.budgets]
+
+    @torch.no_grad()
+    def shipped(self) -> ArchConfig:
+        """The member that ships: α's most likely config that meets every budget, landing in
+        the band under the first (`nas.shipping`); validation and export use it."""
+        alpha = torch.cat([p.detach().flatten() for p in self.arch.parameters()])
+        cached = getattr(self, "_shipped", None)
+        if cached is None or not torch.equal(cached[0], alpha):  # α moved since the last call
+            self._shipped = (alpha, ship(self.search_space, self.arch.probs(),
+                                         self.shipping_budgets()))
+        return self._shipped[1]
+
+    def final_summary(self, shipped: ArchConfig) -> dict[str, float | str]:
+        """The shipped member, its table costs against each budget, the argmax member and the
+        last validation accuracy (of the shipped member)."""
+        summary: dict[str, float | str] = {"final/arch": shipped.to_json(),
+                                           "final/argmax": self.arch.argmax().to_json()}
+        summary.update({f"final/{m}": e.concrete(shipped) for m, e in self.expected.items()})
         for b in self.budgets:
             summary[f"final/budget_{b.name}"] = b.budget
+            summary[f"final/ratio_{b.name}"] = self.expected[b.name].concrete(shipped) / b.budget
             summary[f"final/lambda_{b.name}"] = float(b.lam)
         acc = self.trainer.callback_metrics.get("val/acc")
         if acc is not None:
@@ -332,10 +350,13 @@ class SupernetSearch(L.LightningModule):
     def on_fit_end(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        summary = self.final_summary()
+        shipped = self.shipped()
+        summary = self.final_summary(shipped)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(summary)
+        print(result_line(self.shipping_budgets(), shipped, summary.get("final/val_acc"),
+                          getattr(self.trainer.checkpoint_callback, "last_model_path", None)))
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -365,6 +386,7 @@ class SupernetSearch(L.LightningModule):
             "space": self.search_space.spec,
             "table_id": self.table_id,
             "argmax": self.arch.argmax().to_dict(),
+            "shipped": self.shipped().to_dict(),
             "bad_steps": self.bad_steps,
         }
 
@@ -375,6 +397,15 @@ class SupernetSearch(L.LightningModule):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")
         self.bad_steps = meta.get("bad_steps", 0)
+
+
+def result_line(budgets: list[Budget], shipped: ArchConfig, val_acc: float | None,
+                checkpoint: str | None) -> str:
+    """The one line a search ends with: what ships against what was asked."""
+    status = "meets" if within(budgets, shipped) else "MISSES"
+    acc = "n/a" if val_acc is None else f"{val_acc:.4f}"
+    where = f"; checkpoint {checkpoint}" if checkpoint else ""
+    return f"shipped member {status} its budget: {describe(budgets, shipped)}; val acc {acc}{where}"
 
 
 def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:

@@ -92,13 +92,13 @@ def read_wandb_summary(run_dir: Path) -> tuple[dict[str, Any], Path | None]:
 
 
 def from_checkpoint(path: Path) -> dict[str, Any]:
-    """Argmax config, last monitored accuracy and table costs from a search checkpoint (for runs
+    """Shipped config, last monitored accuracy and table costs from a search checkpoint (for runs
     that log no W&B summary)."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt.get("hwnas", {})
-    out: dict[str, Any] = {"arch": meta.get("argmax")}
+    out: dict[str, Any] = {"arch": meta.get("shipped", meta.get("argmax"))}
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
             out["val_acc"] = float(state["current_score"])
