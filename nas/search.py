@@ -40,6 +40,7 @@ from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from nas.shipping import Budget, describe, ship, within
 from supernet import ArchConfig, SearchSpace, SuperNet
+from supernet.fused import kernels
 
 # the table a checkpoint carries, while `load_search` builds the module from it
 _CARRIED_TABLE: contextvars.ContextVar[CostTable | None] = contextvars.ContextVar(
@@ -73,6 +74,7 @@ class SupernetSearch(L.LightningModule):
         grad_clip: float = 5.0,
         max_bad_steps: int = 10,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -153,6 +155,12 @@ class SupernetSearch(L.LightningModule):
             self.arch_step(a_opt, *batch["search"], gen)
 
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        # the fused quantizers as compiled kernels: a minute to build once, then faster
+        with kernels(compiled=self.hparams.compile):
+            self._weights_step(opt, x, y, gen)
+
+    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                      ) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         relaxed = {k: p.detach() for k, p in
@@ -180,6 +188,10 @@ class SupernetSearch(L.LightningModule):
         self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        with kernels(compiled=self.hparams.compile):
+            self._arch_step(opt, x, y, gen)
+
+    def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
