@@ -126,36 +126,39 @@ def quickstart_command(argv: list[str]) -> int:
     from nas.export import export_family
     from nas.family import parse_budgets
     from nas.pareto import format_table
+    from nas.search import result_line
 
-    try:
-        budgets = parse_budgets(args.budgets)
-        if args.fast:
-            space_file, epochs = TINY_SPACE, args.epochs or 1
-            table = ensure_table(space_file, args.table or out / "tiny_edgetpu.json",
-                                 measured=False)
-            dm = SyntheticDataModule(num_samples=512, batch_size=32, data_seed=args.seed)
-            limit, recal, test_batches = args.limit_train_batches or 8, 4, args.test_batches
-        else:
-            space_file, epochs = FMNIST_SPACE, args.epochs or 2
-            table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress,
-                                 allow_foreign=args.allow_foreign_table)
-            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64,
-                                        data_seed=args.seed)
-            limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
-        print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
-        search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,
-                                  limit_train_batches=limit,
-                                  limit_val_batches=max(2, limit // 4), progress=progress,
-                                  seed=args.seed)
-        print(f"checkpoint: {ckpt}\nα's argmax: {search.arch.argmax()}")
-        result = export_family(
-            search, out / "export", dm, members=args.members, budgets=budgets,
-            metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
-            test_batches=test_batches, samples=args.samples,
-            latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
-            seed=args.seed)
-    except (ValueError, LookupError, FileNotFoundError) as error:
-        parser.error(str(error))
+    budgets = parse_budgets(args.budgets)
+    if args.fast:
+        space_file, epochs = TINY_SPACE, args.epochs or 1
+        table = ensure_table(space_file, args.table or out / "tiny_edgetpu.json",
+                             measured=False)
+        dm = SyntheticDataModule(num_samples=512, batch_size=32, data_seed=args.seed)
+        limit, recal, test_batches = args.limit_train_batches or 8, 4, args.test_batches
+    else:
+        space_file, epochs = FMNIST_SPACE, args.epochs or 2
+        table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress,
+                             allow_foreign=args.allow_foreign_table)
+        dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64,
+                                    data_seed=args.seed)
+        limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
+    print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
+    search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,
+                              limit_train_batches=limit,
+                              limit_val_batches=max(2, limit // 4), progress=progress,
+                              seed=args.seed)
+    shipped = search.shipped()
+    print(f"checkpoint: {ckpt}\nshipped member: {shipped}")
+    result = export_family(
+        search, out / "export", dm, members=args.members, budgets=budgets,
+        metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
+        test_batches=test_batches, samples=args.samples,
+        latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
+        seed=args.seed)
     print(format_table(result.records, result.family.metric))
     print(f"family: {result.out}/family.pt  plot: {result.out}/pareto.png")
+    # the line a person reads first: what ships against what was asked
+    acc = search.trainer.callback_metrics.get("val/acc")
+    print("quickstart: " + result_line(search.shipping_budgets(), shipped,
+                                       None if acc is None else float(acc), str(ckpt)))
     return 0
