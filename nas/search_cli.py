@@ -67,7 +67,7 @@ class SearchCLI(LightningCLI):
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
-        parser.add_argument("--allow_foreign_table", type=bool, default=False,
+        parser.add_argument("--allow-foreign-table", type=bool, default=False,
                             help="search with a measured table even if it describes another "
                                  "machine or drifts beyond ±10%% here")
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
