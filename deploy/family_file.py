@@ -7,6 +7,9 @@ reads it and no code from the file ever runs.
 
 from __future__ import annotations
 
+import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from supernet.arch import ArchConfig
-from supernet.io import CorruptFileError, load_untrusted
+from supernet.io import CorruptFileError
 
 FAMILY_FORMAT = "hwnas-family"
 FAMILY_VERSION = 2  # 2: batch-norm statistics keyed by the member's own module names
@@ -24,6 +27,24 @@ EXPORT_FIX = "export it again with `hwnas export --ckpt <search.ckpt> --out <dir
 
 class FamilyError(CorruptFileError):
     """A family or member file that cannot be used; the message names the file and the fix."""
+
+
+def load_tensors(path: str | Path, what: str, fix: str = EXPORT_FIX,
+                 map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one clear line for a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FamilyError(f"{what} {str(path)!r} does not exist; {fix}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds objects other than tensors, numbers, strings and dicts"
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise FamilyError(f"{path}: not a readable {what} ({reason}); it is truncated, tampered "
+                      f"with or another kind of file; {fix}") from None
 
 
 def member_bn_state(member: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,10 +117,7 @@ def write_family(family: FamilyFile, path: str | Path) -> Path:
 def read_family(path: str | Path, map_location: str | torch.device = "cpu") -> FamilyFile:
     """Load ``family.pt`` with ``weights_only``; a damaged, foreign or other-version file is a
     `FamilyError` that names the file and how to get a good one."""
-    try:
-        data = load_untrusted(path, "family checkpoint", EXPORT_FIX, map_location)
-    except CorruptFileError as e:
-        raise FamilyError(str(e)) from None
+    data = load_tensors(path, "family checkpoint", map_location=map_location)
     if not isinstance(data, dict) or data.get("format") != FAMILY_FORMAT:
         raise FamilyError(f"{path}: not an hwnas family checkpoint (no format "
                           f"{FAMILY_FORMAT!r}); pass the family.pt written by `hwnas export`")

@@ -139,7 +139,7 @@ class _Lowering:
             b_int = b_int.clamp(-(2 ** 31), 2 ** 31 - 1)
             b = g.op("DequantizeLinear", [g.const(f"{name}.bias_int32", _np(b_int, np.int32)),
                                           g.const(f"{name}.bias_scale", _np(b_scale)),
-                                          g.const("bias_zero", np.zeros(len(b_scale), np.int32))],
+                                          g.const(f"{name}.bias_zero", np.zeros(len(b_scale), np.int32))],
                      "dqb", axis=0)
         else:
             b = g.const(f"{name}.bias", _np(bias))
@@ -164,11 +164,11 @@ class _Lowering:
         y = self.conv(h, f"{prefix}.conv_pwl", blk.conv_pwl, blk.bn3)
         return self.g.op("Add", [x, y], "residual") if blk.residual else y
 
-    def head(self, x: str, head: nn.Sequential) -> str:
+    def head(self, x: str, head: nn.Sequential, name: str) -> str:
         g = self.g
         h = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "flatten", axis=1)
-        return g.op("Gemm", [h, g.const("fc.weight", _np(head.fc.weight)),
-                             g.const("fc.bias", _np(head.fc.bias))], "fc", transB=1)
+        return g.op("Gemm", [h, g.const(f"{name}.weight", _np(head.fc.weight)),
+                             g.const(f"{name}.bias", _np(head.fc.bias))], "fc", transB=1)
 
 
 @torch.no_grad()
@@ -201,7 +201,7 @@ def lower_member(static: StaticNet, weight_quant: Mapping[str, WeightQuant],
         for j, blk in enumerate(stage):
             x = low.block(x, blk, f"stages.{i - 1}.{j}")
         if i in static.exit_stages:
-            outputs.append((f"exit{i}", low.head(x, static.heads[str(i)])))
+            outputs.append((f"exit{i}", low.head(x, static.heads[str(i)], f"exit{i}.fc")))
     g = low.g
     for out_name, node_out in outputs:
         g.nodes.append(helper.make_node("Identity", [node_out], [out_name], name=out_name))

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.family_file import EXPORT_FIX, FamilyError, FamilyFile, MemberRecord, read_family
+from deploy.family_file import (
+    EXPORT_FIX,
+    FamilyError,
+    FamilyFile,
+    MemberRecord,
+    member_bn_state,
+    read_family,
+)
 from supernet.extract import StaticNet, extract
 from supernet.model import SuperNet
 from supernet.space import SearchSpace, SpaceError
@@ -78,10 +85,12 @@ class FamilyRuntime(nn.Module):
             except SpaceError as e:
                 raise FamilyError(f"member {rec.name!r}: {e}") from None
             static = extract(net, rec.config).eval()
-            unknown = sorted(set(rec.bn) - set(static.state_dict()))
-            if unknown:
-                raise FamilyError(f"member {rec.name!r}: batch-norm statistic {unknown[0]!r} "
-                                  f"names no buffer of its network; {EXPORT_FIX}")
+            expected = set(member_bn_state(static))
+            odd = sorted(set(rec.bn) ^ expected)
+            if odd:
+                what = "names no buffer of" if odd[0] in rec.bn else "is missing for"
+                raise FamilyError(f"member {rec.name!r}: batch-norm statistic {odd[0]!r} {what} "
+                                  f"its network; {EXPORT_FIX}")
             try:
                 static.load_state_dict(rec.bn, strict=False)
             except RuntimeError as e:
