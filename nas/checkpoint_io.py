@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from supernet.io import load_untrusted
+from supernet.io import CorruptFileError, load_untrusted
 
 FIX = "resume from another checkpoint (e.g. an earlier epoch's) or start the search again"
 
@@ -30,5 +30,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return load_untrusted(path, "search checkpoint", FIX,
-                              map_location=map_location or "cpu")
+        return read_search_checkpoint(path, FIX, map_location=map_location or "cpu")
+
+
+def read_search_checkpoint(path, fix: str = FIX, map_location="cpu") -> dict[str, Any]:
+    """A search checkpoint's contents, loaded safely; a file that loads but holds no search
+    (another tool's checkpoint, a bare state dict) is refused with one clear error."""
+    checkpoint = load_untrusted(path, "search checkpoint", fix, map_location=map_location)
+    missing = [key for key in ("state_dict", "hyper_parameters", "hwnas")
+               if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CorruptFileError(f"{path}: not a search checkpoint (it has no {', '.join(missing)});"
+                               f" {fix}")
+    return checkpoint

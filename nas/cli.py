@@ -7,6 +7,7 @@ and imports its heavy dependencies only when it runs, which keeps `hwnas --help`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,10 +116,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "HWNAS_DEBUG"
+# errors that describe the user's input (a file, a value, a budget): their message is the report
+INPUT_ERRORS = (ValueError, LookupError, OSError, FloatingPointError)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run a subcommand; an error ends it with one line on stderr, not a traceback (set
+    HWNAS_DEBUG=1 or pass --debug for the traceback)."""
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return COMMANDS[name].run(argv) or 0
+    except KeyboardInterrupt:
+        print(f"hwnas {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(f"hwnas {name}: error: {one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def one_line(error: Exception) -> str:
+    """The error's message on one line; an unexpected kind of error also names its type and
+    how to see the traceback."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, FileNotFoundError) and error.filename and str(error.filename) not in text:
+        text = f"{text}: {error.filename}"
+    if isinstance(error, INPUT_ERRORS) and text:
+        return text
+    return (f"{type(error).__name__}: {text or 'no message'} "
+            f"(run again with {DEBUG_ENV}=1 for the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
-        return COMMANDS[args[0]].run(args[1:]) or 0
+        return run_command(args[0], args[1:])
     parser = build_parser()
     parser.parse_args(args)  # handles --help / --version, rejects unknown commands
     parser.print_help(sys.stderr)

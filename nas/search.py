@@ -18,6 +18,8 @@ Random draws come from a generator seeded by (seed, epoch, batch), so every rank
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,13 +30,14 @@ from pytorch_lightning.loggers import WandbLogger
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
 from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
+from nas.checkpoint_io import read_search_checkpoint
 from supernet import SearchSpace, SuperNet
-from supernet.io import LOAD_ERRORS, CorruptFileError, explain
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
@@ -68,16 +71,18 @@ class SupernetSearch(L.LightningModule):
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
-        # plain dicts in the checkpoint, so it loads with weights_only=True
-        self.save_hyperparameters({"budget": asdict(specs[0]),
-                                   "extra_budgets": [asdict(s) for s in specs[1:]]})
-        self.save_hyperparameters(ignore=["budget", "extra_budgets"])
+        # Lightning records the constructor's locals: the budgets as plain dicts, so the
+        # checkpoint loads with weights_only=True and rebuilds the same budgets
+        budget, extra_budgets = asdict(specs[0]), [asdict(s) for s in specs[1:]]
+        self.save_hyperparameters()
         self.automatic_optimization = False
         self.search_space = SearchSpace.from_yaml(space)
         table = CostTable.load(cost_table)
         table.check_covers(self.search_space)
         self.table_id = table.id
-        self.net = SuperNet(self.search_space)
+        with torch.random.fork_rng(devices=[]):  # the initial weights follow `seed` alone
+            torch.manual_seed(seed)
+            self.net = SuperNet(self.search_space)
         self.arch = ArchParameters(self.search_space)
         metrics = sorted({s.metric for s in specs})
         self.expected = ExpectedCost.for_metrics(self.search_space, table, metrics)
@@ -148,23 +153,24 @@ class SupernetSearch(L.LightningModule):
                    self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
         members = [self.search_space.smallest()] + [
             self.arch.sample(gen) for _ in range(self.hparams.sandwich_random)]
-        losses = {}
-        losses["relaxed"] = self.backward_if_finite(self.task_loss(self.net(x, relaxed), y))
+        # one backward for the whole sandwich: every weight gets its gradient from one pass,
+        # so DDP reduces once and needs no search for unused parameters
+        losses = {"relaxed": self.task_loss(self.net(x, relaxed), y)}
         largest = self.net(x, self.search_space.largest())
         teacher = F.softmax(largest[-1].detach(), -1)
-        losses["largest"] = self.backward_if_finite(self.task_loss(largest, y))
+        losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
-            logits = self.net(x, member)
-            losses[f"member{i}"] = self.backward_if_finite(self.distill_loss(logits, teacher))
-        if any(v is None for v in losses.values()):
+            losses[f"member{i}"] = self.distill_loss(self.net(x, member), teacher)
+        if self.backward_if_finite(sum(losses.values())) is None:
             self.skip_step(opt, "weights")
         else:
             self.clip_gradients(opt, self.hparams.grad_clip, "norm")
             opt.step()
             self.bad_steps = 0
-            self.log("train/loss_relaxed", losses["relaxed"], prog_bar=True)
-            self.log("train/loss_largest", losses["largest"])
-            self.log("train/loss_smallest", losses["member0"])
+            self.log("train/loss_relaxed", losses["relaxed"].detach())
+            self.log("loss", losses["relaxed"].detach(), prog_bar=True, logger=False)
+            self.log("train/loss_largest", losses["largest"].detach())
+            self.log("train/loss_smallest", losses["member0"].detach())
         self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
@@ -185,9 +191,13 @@ class SupernetSearch(L.LightningModule):
             cost, ratio = b.ratio(belief)
             loss = loss + b.penalty(task, ratio)
             costs.append((b, cost))
-        if self.backward_if_finite(loss) is None:
+        # α is outside DDP (see `setup`): its few gradients are averaged here, once
+        with self.no_backward_sync():
+            finite = self.backward_if_finite(loss) is not None
+        if not finite:
             self.skip_step(opt, "arch")
         else:
+            self.all_reduce_alpha_grads()
             opt.step()
             self.dual_step(costs)
             self.log("arch/loss_task", task.detach())
@@ -205,9 +215,15 @@ class SupernetSearch(L.LightningModule):
             signal = deployed if b.spec.dual_signal == "argmax" else float(expected)
             b.dual_update(torch.tensor(signal / b.budget))
             self.log(f"arch/expected_{m}", expected.float())
-            self.log(f"arch/budget_gap_{m}", float(expected) / b.budget - 1, prog_bar=True)
+            self.log(f"arch/budget_gap_{m}", float(expected) / b.budget - 1)
+            self.log(self.bar_name("gap", b), float(expected) / b.budget - 1, prog_bar=True,
+                     logger=False)
             self.log(f"arch/argmax_gap_{m}", deployed / b.budget - 1)
             self.log(f"arch/lambda_{m}", b.lam.float())
+
+    def bar_name(self, short: str, budget: BudgetLoss) -> str:
+        """A progress-bar key: short, so the bar keeps its width (the logger has full names)."""
+        return short if budget is self.budgets[0] else f"{short}_{budget.name}"
 
     def backward_if_finite(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward and return the detached loss, or None (no backward) if it is NaN/Inf."""
@@ -225,6 +241,24 @@ class SupernetSearch(L.LightningModule):
             raise FloatingPointError(
                 f"{self.bad_steps} {which} steps in a row had a NaN/Inf loss; stopping. The last "
                 f"checkpoint holds finite weights: lower the learning rates or check the data.")
+
+    def setup(self, stage: str) -> None:
+        """Keep α out of DDP's gradient buckets: the weight step does not use α and the α step
+        does not update the weights, so each backward then reaches every parameter DDP holds
+        and plain ``strategy=ddp`` works without searching for unused parameters."""
+        alpha = [f"arch.{name}" for name, _ in self.arch.named_parameters()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, alpha)
+
+    def no_backward_sync(self):
+        """A context in which a backward does not all-reduce DDP's buckets."""
+        strategy = self.trainer.strategy
+        block = getattr(strategy, "block_backward_sync", None)
+        return block() if block is not None else contextlib.nullcontext()
+
+    def all_reduce_alpha_grads(self) -> None:
+        for p in self.arch.parameters():
+            if p.grad is not None:
+                p.grad = self.all_reduce_mean(p.grad)
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.trainer is None or self.trainer.world_size == 1:
@@ -260,7 +294,9 @@ class SupernetSearch(L.LightningModule):
         exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
         for s, acc in zip(exits, self.val_acc, strict=False):
             self.log(f"val/acc_exit{s}", acc.compute())
-        self.log("val/acc", self.val_acc[len(exits) - 1].compute(), prog_bar=True)
+        acc = self.val_acc[len(exits) - 1].compute()
+        self.log("val/acc", acc)
+        self.log("acc", acc, prog_bar=True, logger=False)
         for acc in self.val_acc:
             acc.reset()
         for m, e in self.expected.items():
@@ -301,12 +337,15 @@ class SupernetSearch(L.LightningModule):
                                     weight_decay=hp.weight_decay, momentum=0.9)
         a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=hp.arch_weight_decay)
-        # stepped by epoch number, so a resumed run needs no scheduler state
-        self.weight_schedule = CosineLRScheduler(w_opt, t_initial=max(self.trainer.max_epochs, 1))
+        # stepped by epoch number, so a resumed run needs no scheduler state; one epoch (or an
+        # open-ended run) keeps the learning rate constant
+        epochs = self.trainer.max_epochs or 0
+        self.weight_schedule = CosineLRScheduler(w_opt, t_initial=epochs) if epochs > 1 else None
         return [w_opt, a_opt]
 
     def on_train_epoch_start(self) -> None:
-        self.weight_schedule.step(self.current_epoch)
+        if self.weight_schedule is not None:
+            self.weight_schedule.step(self.current_epoch)
         self.log("train/weight_lr", self.optimizers()[0].param_groups[0]["lr"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -331,10 +370,9 @@ def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
 
 def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:
     """Load a search checkpoint on the CPU with ``weights_only`` (no code runs from the file)."""
-    if not Path(ckpt).is_file():
-        raise CorruptFileError(f"search checkpoint {str(ckpt)!r} does not exist; {CKPT_FIX}")
-    try:
-        return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                   **overrides)
-    except LOAD_ERRORS as e:
-        raise explain(ckpt, "search checkpoint", CKPT_FIX, e) from None
+    saved = read_search_checkpoint(ckpt, CKPT_FIX)["hyper_parameters"]
+    if "budget" not in saved and "budget" not in overrides:
+        warnings.warn(f"{ckpt} does not record its budget (written by an older hwnas); "
+                      "its family and export use the default budget", stacklevel=2)
+    return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                               **overrides)

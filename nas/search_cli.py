@@ -2,19 +2,21 @@
 
 Every constructor argument is an option (``--model.budget.fraction=0.5``, the form a W&B sweep
 agent passes). W&B is the default logger: online when the user has W&B configured, offline
-otherwise (``WANDB_MODE=offline`` always works with no network). More than one device or node
-selects DDP with unused-parameter detection, since the weight and α steps each leave the other
-half of the module without gradients.
+otherwise (``WANDB_MODE=offline`` always works with no network). Any of Lightning's DDP
+spellings works (``auto`` with several devices, ``ddp``, ``ddp_spawn``, …): every backward
+reaches every parameter DDP holds, so no unused-parameter search is needed.
 """
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+import warnings
 
+from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.strategies import DDPStrategy
 
 from nas.callbacks import AlphaHistory
 from nas.data import SplitDataModule
@@ -33,15 +35,29 @@ def wandb_configured() -> bool:
         return False
 
 
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's W&B logger, less the ``anonymous`` setting it always passes: W&B deprecated
+    it and warns on every run, whatever its value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)
+
+
 def default_logger() -> dict:
     return {
-        "class_path": "pytorch_lightning.loggers.WandbLogger",
+        "class_path": "nas.search_cli.WandbLogger",
         "init_args": {"project": "hwnas", "save_dir": "runs", "offline": not wandb_configured()},
     }
 
 
 class SearchCLI(LightningCLI):
-    """Adds the search's own callbacks (always on) and picks DDP for multi-process runs."""
+    """Adds the search's own callbacks (always on)."""
+
+    def parse_arguments(self, parser, args) -> None:
+        # `args` is the command line past `hwnas search`: LightningCLI's warning about `args`
+        # beside `sys.argv` is meant for calls from Python and does not apply here
+        self.config = parser.parse_args(args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
@@ -54,19 +70,24 @@ class SearchCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = cfg["trainer"]
-        devices = trainer.get("devices")
-        many = (isinstance(devices, int) and devices > 1) or (
-            isinstance(devices, list | tuple) and len(devices) > 1) or (
-            isinstance(devices, str) and devices not in ("auto", "1")) or (
-            (trainer.get("num_nodes") or 1) > 1)
-        if many and trainer.get("strategy") in (None, "auto"):
-            trainer["strategy"] = DDPStrategy(find_unused_parameters=True)
+
+class _DropTip(logging.Filter):
+    """Lightning advertises its hosted logger on every run; a search log has no use for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Remove the two notices Lightning prints on every run that say nothing about the run."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTip())
+    # Lightning 2.6 builds torch's deprecated LeafSpec whenever it iterates a data loader
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
+                            category=FutureWarning)
 
 
 def search_command(argv: list[str]) -> int:
+    quiet_lightning()
     SearchCLI(
         SupernetSearch,
         SplitDataModule,

@@ -109,3 +109,69 @@ def test_checkpoint_holds_space_table_and_alpha_and_loads_safely(tiny_table, tmp
     loaded = load_search(path)
     assert loaded.arch.argmax() == module.arch.argmax()
     assert torch.equal(loaded.budgets[0].lam, module.budgets[0].lam)
+
+
+def non_default_arguments(table: str) -> dict:
+    """A value other than the default for every constructor argument of `SupernetSearch`."""
+    return dict(
+        space=TINY, cost_table=table,
+        budget=BudgetSpec(fraction=0.3, loss="hinge", rho=2.0),
+        extra_budgets=[BudgetSpec(metric="weight_bytes", target=20000.0)],
+        relaxation="softmax", tau_start=4.0, tau_end=0.25, cost_tau_end=0.2, warmup_epochs=0,
+        weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
+        arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
+        grad_clip=3.0, max_bad_steps=7, seed=11)
+
+
+def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):
+    import inspect
+    from dataclasses import asdict
+
+    args = non_default_arguments(tiny_table)
+    signature = inspect.signature(SupernetSearch.__init__).parameters
+    assert set(args) == set(signature) - {"self"}, "a new argument needs a value here"
+    for name, value in args.items():
+        assert value != signature[name].default, name
+    module = SupernetSearch(**args)
+    trainer = fit(module, tmp_path, epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.save_checkpoint(tmp_path / "x.ckpt")
+    loaded = load_search(tmp_path / "x.ckpt")
+    expected = {**args, "budget": asdict(args["budget"]),
+                "extra_budgets": [asdict(b) for b in args["extra_budgets"]]}
+    assert {k: loaded.hparams[k] for k in expected} == expected
+    assert [b.spec for b in loaded.budgets] == [b.spec for b in module.budgets]
+    assert [b.budget for b in loaded.budgets] == [b.budget for b in module.budgets]
+
+
+def test_same_seed_gives_the_same_search_whatever_the_global_rng(tiny_table, tmp_path):
+    from costmodels.profile import torch_threads
+    from nas.quickstart import run_search
+
+    results = []
+    for run, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)  # a different process state before each run
+        with torch_threads(1):
+            search, ckpt = run_search(TINY, tiny_table, SyntheticDataModule(num_samples=256),
+                                      tmp_path / str(run), epochs=2, limit_train_batches=3,
+                                      limit_val_batches=1, progress=False, seed=5,
+                                      sandwich_random=2)
+        results.append(torch.load(ckpt, weights_only=True)["state_dict"])
+    a, b = results
+    assert set(a) == set(b) and any(k.startswith("arch.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_progress_bar_keeps_its_width_at_120_columns(tiny_table, tmp_path):
+    from tqdm import tqdm
+
+    trainer = fit(make_search(tiny_table), tmp_path, epochs=1, limit_train_batches=2,
+                  limit_val_batches=1)
+    metrics = trainer.progress_bar_metrics
+    assert set(metrics) == {"loss", "gap", "acc"}
+    assert {"train/loss_relaxed", "arch/budget_gap_latency_ms", "val/acc"} <= set(
+        trainer.logged_metrics)
+    postfix = "v_num=abcd, " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+    line = tqdm.format_meter(150, 329, 83.0, ncols=120, prefix="Epoch 12",
+                             postfix=postfix, unit="it")
+    assert len(line) <= 120 and line.count("█") + line.count(" ") >= 20, line
