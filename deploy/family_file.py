@@ -69,12 +69,14 @@ class MemberRecord:
     accuracy: list[float] = field(default_factory=list)
     log_prob: float = 0.0
     budgets: list[str] = field(default_factory=list)
+    exit_stages: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.to_dict(), "costs": dict(self.costs),
                 "exit_costs": {k: list(v) for k, v in self.exit_costs.items()},
                 "bn": dict(self.bn), "accuracy": list(self.accuracy),
-                "log_prob": float(self.log_prob), "budgets": list(self.budgets)}
+                "log_prob": float(self.log_prob), "budgets": list(self.budgets),
+                "exit_stages": list(self.exit_stages)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemberRecord:
@@ -82,7 +84,8 @@ class MemberRecord:
                    costs={k: float(v) for k, v in d["costs"].items()},
                    exit_costs={k: [float(x) for x in v] for k, v in d["exit_costs"].items()},
                    bn=dict(d["bn"]), accuracy=[float(a) for a in d.get("accuracy", [])],
-                   log_prob=float(d.get("log_prob", 0.0)), budgets=list(d.get("budgets", [])))
+                   log_prob=float(d.get("log_prob", 0.0)), budgets=list(d.get("budgets", [])),
+                   exit_stages=tuple(int(s) for s in d.get("exit_stages", ())))
 
 
 @dataclass

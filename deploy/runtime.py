@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -70,15 +70,15 @@ def confidence(logits: torch.Tensor, criterion: str = "max_softmax") -> torch.Te
 
 
 class FamilyRuntime(nn.Module):
-    """Every member of a family, pre-extracted from the shared weights with its own BN statistics."""
+    """The shared supernet and every member pre-extracted from it with its own BN statistics."""
 
     def __init__(self, net: SuperNet, records: Sequence[MemberRecord], metric: str | None = None):
         super().__init__()
         if not records:
             raise FamilyError("a family needs at least one member")
         space = net.space
-        net = net.eval()
-        modules = {}
+        self.net = net.eval()  # the shared weights the members were extracted from
+        modules, checked = {}, []
         for rec in records:
             try:
                 space.validate(rec.config)
@@ -97,7 +97,12 @@ class FamilyRuntime(nn.Module):
                 raise FamilyError(f"member {rec.name!r}: batch-norm statistics do not fit its "
                                   f"network ({str(e).splitlines()[-1].strip()}); "
                                   f"{EXPORT_FIX}") from None
+            if rec.exit_stages and tuple(rec.exit_stages) != static.exit_stages:
+                raise FamilyError(f"member {rec.name!r}: exits after stages {rec.exit_stages}, "
+                                  f"its config has them after {static.exit_stages}; {EXPORT_FIX}")
             modules[rec.name] = static
+            checked.append(replace(rec, exit_stages=static.exit_stages))
+        records = checked
         records = sorted(records, key=lambda r: r.costs[metric]) if metric else list(records)
         self.infos: dict[str, MemberRecord] = {r.name: r for r in records}
         self.member_modules = nn.ModuleDict({r.name: modules[r.name] for r in records})

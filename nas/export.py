@@ -129,7 +129,8 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                 rec["onnx_max_abs_diff"] = doc["onnx"]["max_abs_diff"]
                 rec["file_weight_bytes"] = doc["weight_bytes"]
             entries.append(MemberRecord(m.name, m.config, costs, m.exit_costs, ev.bn_state,
-                                        ev.accuracy, m.log_prob, m.budgets))
+                                        ev.accuracy, m.log_prob, m.budgets,
+                                        ev.module.exit_stages))
             records.append(rec)
             bar.update()
         for i, config in enumerate(extra):
