@@ -29,8 +29,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from deploy import load_member, load_weight_quant, lower_member  # noqa: E402
 
 
-def session(model, threads: int = 1) -> ort.InferenceSession:
+def session(model, threads: int = 1, config: dict | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     opts.intra_op_num_threads = opts.inter_op_num_threads = threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
@@ -69,7 +71,7 @@ def interleaved_latency(sessions: dict[str, ort.InferenceSession], x: np.ndarray
 def evaluate(member_dir: Path, x: torch.Tensor, y: torch.Tensor, rounds: int) -> dict:
     meta = json.loads((member_dir / "config.json").read_text())
     static = load_member(member_dir)
-    integer = session(str(member_dir / "model.onnx"))
+    integer = session(str(member_dir / "model.onnx"), config=meta["onnx"].get("session_config"))
     floating = session(lower_member(static, load_weight_quant(member_dir),
                                     meta["input_shape"], integer=False))
     torch_pred, int_pred = [], []
@@ -84,7 +86,8 @@ def evaluate(member_dir: Path, x: torch.Tensor, y: torch.Tensor, rounds: int) ->
     bits = sorted({(la["weight_bits"], la["act_bits"]) for la in meta["layers"]
                    if la["name"].startswith("stages.")})
     return {
-        "name": meta["name"], "bits": [f"w{w}a{a}" for w, a in bits],
+        "family": member_dir.parents[1].name, "name": meta["name"],
+        "bits": [f"w{w}a{a}" for w, a in bits], "config": meta["config"],
         "torch_top1": float((tp == y).double().mean()) * 100,
         "onnx_top1": float((ip == y).double().mean()) * 100,
         "argmax_agreement": float((tp == ip).double().mean()) * 100,
@@ -105,7 +108,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [f"{r['name']}\n{'/'.join(r['bits'])}" for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(11, 0.8 * len(rows)), 4))
     pos = np.arange(len(rows))
     a.bar(pos - 0.2, [r["torch_top1"] for r in rows], 0.4, label="torch (fake quant)")
     a.bar(pos + 0.2, [r["onnx_top1"] for r in rows], 0.4, label="integer ONNX")
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", required=True, help="family export directory")
     p.add_argument("--ckpt", default=None, help="search checkpoint: export the family first")
     p.add_argument("--members", type=int, default=5)
+    p.add_argument("--bits", default="8,4",
+                   help="also export the family's members with every stage at these weight and "
+                        "activation bits (comma-separated; '' for none)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST root (default: system)")
     p.add_argument("--rounds", type=int, default=30, help="interleaved latency rounds")
     p.add_argument("--out", default="benchmarks/results")
@@ -142,14 +148,24 @@ def main(argv: list[str] | None = None) -> int:
         from nas.search import load_search
 
         search = load_search(args.ckpt)
-        dm = make_datamodule("fmnist", search.search_space, 128, args.data_dir)
-        export_family(search, export, dm, members=args.members, progress=False)
+        space = search.search_space
+        dm = make_datamodule("fmnist", space, 128, args.data_dir)
+        family = export_family(search, export, dm, members=args.members, progress=False).family
+        for b in [int(v) for v in args.bits.split(",") if v]:
+            at_bits = [m.config.replace(**{f"stage{i}__{k}": b for i in
+                                            range(1, len(space.stages) + 1)
+                                            for k in ("wbits", "abits")})
+                       for m in family.members]
+            export_family(search, export.with_name(f"{export.name}-w{b}a{b}"), dm,
+                          configs=at_bits, progress=False)
     x, y = test_set(args.data_dir)
     rows = []
-    for member_dir in sorted((export / "members").iterdir()):
+    dirs = [export, *(export.with_name(f"{export.name}-w{b}a{b}")
+                      for b in [int(v) for v in args.bits.split(",") if v])]
+    for member_dir in (m for d in dirs if d.is_dir() for m in sorted((d / "members").iterdir())):
         rows.append(evaluate(member_dir, x, y, args.rounds))
         r = rows[-1]
-        print(f"{r['name']} {'/'.join(r['bits'])}: top-1 torch {r['torch_top1']:.2f} onnx "
+        print(f"{r['family']}/{r['name']} {'/'.join(r['bits'])}: top-1 torch {r['torch_top1']:.2f} onnx "
               f"{r['onnx_top1']:.2f} agree {r['argmax_agreement']:.2f}% latency int "
               f"{r['integer_ms']:.3f} ms float {r['float_ms']:.3f} ms "
               f"(×{r['integer_over_float']:.2f}); onnx {r['onnx_bytes']} B, weights "

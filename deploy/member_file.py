@@ -30,6 +30,7 @@ from supernet.model import SuperNet
 from supernet.quant import FLOAT_BITS, FakeQuantAct
 from supernet.space import SearchSpace
 
+WEIGHT_ONLY_SESSION = {"session.disable_quant_qdq": "1"}
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")
 WEIGHT_STORAGE = ("int8 initializers; 4-bit layers hold values in [-7, 7] (onnxruntime 1.32 "
                   "runs INT4 convolutions in float, so they are stored as int8)")
@@ -163,6 +164,10 @@ def write_member(member_dir: str | Path, static: StaticNet,
         doc["onnx"] = {"file": "model.onnx", "opset": ONNX_OPSET, "integer": True,
                        "integer_ops": integer_ops(member_dir / "model.onnx"),
                        **onnx_check(static, member_dir / "model.onnx", input_shape, seed)}
+        if all(row["act_bits"] >= FLOAT_BITS for row in layers):
+            # no activation is quantized, so no integer kernel applies: let onnxruntime fold
+            # the int8 weights to float once at load instead of dequantizing them every run
+            doc["onnx"]["session_config"] = WEIGHT_ONLY_SESSION
     doc["files"] = files
     (member_dir / "config.json").write_text(json.dumps(doc, indent=1) + "\n")
     return doc
