@@ -189,3 +189,24 @@ def test_member_files_bytes_and_per_layer_table(tiny_space, tmp_path):
     assert all(torch.equal(stored[k].scale, q.scale) for k, q in wq.items())
     assert meta["onnx"]["integer_ops"] == integer_ops(tmp_path / "m" / "model.onnx")
     assert meta["onnx"]["integer_ops"]["QLinearConv"] > 0
+
+
+def test_a_weight_only_member_asks_onnxruntime_to_fold_its_int8_weights(tiny_space, tmp_path):
+    net, config, _ = member(tiny_space, 8)
+    config = config.replace(stage1__abits=32, stage2__abits=32)
+    static = extract(net, config).eval()
+    doc = write_member(tmp_path / "m", static, trained_weight_quant(net, static, config), {},
+                       SHAPE)
+    assert doc["onnx"]["integer_ops"] == {}  # float activations: no integer kernel applies
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for key, value in doc["onnx"]["session_config"].items():
+        opts.add_session_config_entry(key, value)
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), opts,
+                         providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert ops["DequantizeLinear"] == 0  # folded once at load, not run per inference
+    ints = [t for t in onnx.load(tmp_path / "m" / "model.onnx").graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and ".weight_int" in t.name]
+    assert len(ints) == 3 * sum(len(s) for s in static.stages)  # the file still ships int8
