@@ -68,7 +68,6 @@ def confidence(logits: torch.Tensor, criterion: str = "max_softmax") -> torch.Te
     raise ValueError(f"criterion: must be one of {CRITERIA}, got {criterion!r}")
 
 
-
 class FamilyRuntime(nn.Module):
     """The shared supernet and every member pre-extracted from it with its own BN statistics."""
 
@@ -102,8 +101,7 @@ class FamilyRuntime(nn.Module):
                                   f"its config has them after {static.exit_stages}; {EXPORT_FIX}")
             modules[rec.name] = static
             checked.append(replace(rec, exit_stages=static.exit_stages))
-        records = checked
-        records = sorted(records, key=lambda r: r.costs[metric]) if metric else list(records)
+        records = sorted(checked, key=lambda r: r.costs[metric]) if metric else checked
         self.infos: dict[str, MemberRecord] = {r.name: r for r in records}
         self.member_modules = nn.ModuleDict({r.name: modules[r.name] for r in records})
         self.current = records[-1].name
