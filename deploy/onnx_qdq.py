@@ -28,6 +28,9 @@ from supernet.quant import FLOAT_BITS, FakeQuantAct
 
 ONNX_OPSET = 17
 INTEGER_BITS = tuple(range(2, 9))  # what int8 storage and onnxruntime's int8 kernels execute
+# activations as uint8 with zero point 128: the same signed grid (q + 128), and the u8 × s8
+# products x86 integer kernels are fast at
+ACT_ZERO = np.uint8(128)
 ACT_RANGE = {nn.ReLU6: (0.0, 6.0), nn.ReLU: (0.0, float("inf"))}
 
 
@@ -80,7 +83,7 @@ class _Lowering:
         hi_q = qp if hi == np.inf else int(torch.round(torch.tensor(hi, dtype=torch.float32) / step))
         lo_q, hi_q = max(lo_q, -qn), min(hi_q, qp)
         g = self.g
-        s, zp = g.const("act_scale", _np(step)), g.const("act_zero", np.int8(0))
+        s, zp = g.const("act_scale", _np(step)), g.const("act_zero", ACT_ZERO)
         x = g.op("Clip", [x, g.const("lo", _np(lo_q * step)), g.const("hi", _np(hi_q * step))],
                  "clip")
         return g.op("QuantizeLinear", [x, s, zp], "q"), s, float(step)
@@ -94,7 +97,7 @@ class _Lowering:
                                   self.g.const("hi", np.float32(hi))], "clip")
 
     def dequantize(self, q: str, s: str) -> str:
-        return self.g.op("DequantizeLinear", [q, s, self.g.const("act_zero", np.int8(0))], "dq")
+        return self.g.op("DequantizeLinear", [q, s, self.g.const("act_zero", ACT_ZERO)], "dq")
 
     # -- convolutions --------------------------------------------------------------------------
     def conv(self, x, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, requant: nn.Module
@@ -122,8 +125,8 @@ class _Lowering:
         bias = (bn.bias - bn.running_mean * factor).detach().cpu().float()
         w_name = g.const(f"{name}.weight_int{wq.bits}", _np(ints, np.int8))
         if q_in is not None and requant is None:  # output stays float: ConvInteger + rescale
-            zero = g.const("zero", np.int8(0))
-            acc = g.op("ConvInteger", [q_in[0], w_name, zero, zero], "convint", **attrs)
+            acc = g.op("ConvInteger", [q_in[0], w_name, g.const("act_zero", ACT_ZERO),
+                                       g.const("zero", np.int8(0))], "convint", **attrs)
             y = g.op("Cast", [acc], "cast", to=TensorProto.FLOAT)
             rescale = (w_scale * torch.tensor(q_in[2], dtype=torch.float32)).reshape(1, -1, 1, 1)
             y = g.op("Mul", [y, g.const(f"{name}.rescale", _np(rescale))], "mul")
@@ -149,7 +152,7 @@ class _Lowering:
                 self.clip(y, *act_bounds)
         # Conv → Q → DQ fuses into QLinearConv; the clip then runs on exact grid values
         s = g.const("act_scale", _np(torch.tensor(float(requant.step))))
-        y = self.dequantize(g.op("QuantizeLinear", [y, s, g.const("act_zero", np.int8(0))], "q"),
+        y = self.dequantize(g.op("QuantizeLinear", [y, s, g.const("act_zero", ACT_ZERO)], "q"),
                             s)
         return self.quantize(y, requant, *act_bounds)
 
