@@ -7,8 +7,9 @@ QuantizeLinear/DequantizeLinear with their learned LSQ step. A conv whose output
 activation quantizer ends in QuantizeLinear (→ ``QLinearConv``); the block's last 1×1 conv,
 whose output stays float (residual sum), is a ``ConvInteger`` (int8 × int8 → int32) rescaled to
 float. ReLU/ReLU6 before a quantizer is a clip on the dequantized grid values, which is exact.
-4-bit weights and activations are stored as int8 holding values in ±7 / [−8, 7]: onnxruntime
-1.32 reads INT4 tensors (opset 21) but runs convolutions on them in float, not integer kernels.
+4-bit weights are stored as int8 holding values in ±7 (and 4-bit activations as uint8 in
+[120, 135], zero point 128): onnxruntime 1.32 reads INT4 tensors (opset 21) but runs
+convolutions on them in float, not integer kernels.
 32-bit layers, the stem and the exit heads are float.
 """
 
