@@ -13,37 +13,57 @@ from nas.search import SupernetSearch
 
 
 class AlphaHistory(L.Callback):
-    """Records softmax(α) per decision at every epoch start and at the end; at fit end writes
-    ``alpha.json`` and ``alpha.png`` (a panel per decision, a line per choice) into the run's
-    directory (beside its checkpoints)."""
+    """Records softmax(α) per decision every ``every_n_steps`` training steps and at the end;
+    at fit end writes ``alpha.json`` (``{"steps": […], "probs": [{key: [p, …]}, …]}``) and
+    ``alpha.png`` into the run's directory (beside its checkpoints)."""
 
-    def __init__(self, out_dir: str | None = None):
+    def __init__(self, out_dir: str | None = None, every_n_steps: int = 10):
         self.out_dir = out_dir
+        self.every_n_steps = every_n_steps
+        self.steps: list[int] = []
         self.history: list[dict[str, list[float]]] = []
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: SupernetSearch) -> None:
-        self.record(module)
+    def on_train_start(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        if not self.steps:
+            self.record(batches_done(trainer), module)
 
-    def record(self, module: SupernetSearch) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: SupernetSearch, outputs, batch,
+                           batch_idx: int) -> None:
+        step = batches_done(trainer, batch_idx + 1)
+        if step % self.every_n_steps == 0:
+            self.record(step, module)
+
+    def record(self, step: int, module: SupernetSearch) -> None:
+        if self.steps and self.steps[-1] >= step:
+            return
+        self.steps.append(step)
         self.history.append({k: p.tolist() for k, p in module.arch.probs().items()})
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"steps": self.steps, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = state.get("history", [])
+        self.steps = state.get("steps", list(range(len(self.history))))
 
     def on_fit_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
-        self.record(module)
+        self.record(batches_done(trainer), module)
         if not trainer.is_global_zero:
             return
         out = Path(self.out_dir or run_dir(trainer))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "alpha.json").write_text(json.dumps(self.history))
-        png = plot_alpha(self.history, module.search_space, out / "alpha.png")
+        (out / "alpha.json").write_text(json.dumps({"steps": self.steps,
+                                                    "probs": self.history}))
+        png = plot_alpha(self.steps, self.history, module.search_space, out / "alpha.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="alpha", images=[str(png)])
+
+
+def batches_done(trainer: L.Trainer, in_epoch: int = 0) -> int:
+    """Training batches done (a search step is one batch, whatever its optimizer steps);
+    between epochs ``current_epoch`` already counts the finished ones."""
+    return trainer.current_epoch * int(trainer.num_training_batches) + in_epoch
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -54,7 +74,19 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path:
+def decision_title(key: str, choices, final: list[float]) -> str:
+    """``"stage2.width → 32  P 0.41, lead +0.05"``: what was decided and how firmly (the lead is
+    the chosen probability minus the runner-up's)."""
+    order = sorted(range(len(final)), key=final.__getitem__, reverse=True)
+    lead = final[order[0]] - final[order[1]] if len(order) > 1 else 1.0
+    return f"{key} → {choices[order[0]]}  P {final[order[0]]:.2f}, lead +{lead:.2f}"
+
+
+def plot_alpha(steps: list[int], history: list[dict[str, list[float]]], space,
+               path: Path) -> Path:
+    """A panel per decision: P(choice) over training steps, the final argmax drawn thick; the
+    title names the decision and its lead over the runner-up. Panels whose probabilities
+    moved little are zoomed (their y range is printed), so small leads are visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,18 +95,27 @@ def plot_alpha(history: list[dict[str, list[float]]], space, path: Path) -> Path
     decisions = [d for d in space.decisions if len(d.choices) > 1]
     cols = 4
     rows = math.ceil(len(decisions) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False)
-    epochs = range(len(history))  # start of each epoch, then the end of training
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
     for ax, d in zip(axes.flat, decisions, strict=False):
+        final = history[-1][d.key]
+        chosen = max(range(len(final)), key=final.__getitem__)
         for i, choice in enumerate(d.choices):
-            ax.plot(epochs, [h[d.key][i] for h in history], "o-", ms=3, label=str(choice))
-        ax.set_title(d.key, fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=6, loc="upper left")
+            ax.plot(steps, [h[d.key][i] for h in history], "-", lw=2.4 if i == chosen else 0.9,
+                    label=str(choice), zorder=3 if i == chosen else 2)
+        ax.set_title(decision_title(d.key, d.choices, final), fontsize=8)
+        values = [p for h in history for p in h[d.key]]
+        low, high = min(values), max(values)
+        if high - low < 0.3:
+            pad = max(0.01, 0.1 * (high - low))
+            ax.set_ylim(low - pad, high + pad)
+        else:
+            ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="best")
     for ax in axes.flat[len(decisions):]:
         ax.axis("off")
-    fig.supxlabel("epoch")
-    fig.supylabel("P(choice)")
+    fig.supxlabel("training step")
+    fig.supylabel("P(choice) = softmax(α)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,16 +30,21 @@ class SafeCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return read_search_checkpoint(path, FIX, map_location=map_location or "cpu")
+        # also reads Lightning's own temporary files (ddp_spawn's weights): no content checks
+        return load_untrusted(path, "search checkpoint", FIX, map_location=map_location or "cpu")
 
 
-def read_search_checkpoint(path, fix: str = FIX, map_location="cpu") -> dict[str, Any]:
-    """A search checkpoint's contents, loaded safely; a file that loads but holds no search
-    (another tool's checkpoint, a bare state dict) is refused with one clear error."""
-    checkpoint = load_untrusted(path, "search checkpoint", fix, map_location=map_location)
+def check_search_checkpoint(checkpoint: Any, path, fix: str = FIX) -> dict[str, Any]:
+    """Refuse, with one clear error, a file that loads but holds no search (another tool's
+    checkpoint, a bare state dict)."""
     missing = [key for key in ("state_dict", "hyper_parameters", "hwnas")
                if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise CorruptFileError(f"{path}: not a search checkpoint (it has no {', '.join(missing)});"
                                f" {fix}")
     return checkpoint
+
+
+def read_search_checkpoint(path, fix: str = FIX) -> dict[str, Any]:
+    """A search checkpoint's contents, loaded safely and checked."""
+    return check_search_checkpoint(load_untrusted(path, "search checkpoint", fix), path, fix)

@@ -72,38 +72,66 @@ def write_pareto_json(records: list[dict[str, Any]], path: Path, **meta: Any) ->
     return write_atomic(path, lambda p: p.write_text(json.dumps(doc, indent=1) + "\n"))
 
 
-def plot_pareto(records: list[dict[str, Any]], path: Path, metric: str | None = None) -> Path:
-    """Accuracy against latency (measured if every record has it, else ``metric`` from the
-    table): samples grey, members labelled, the front drawn as a step line."""
+def budget_lines(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, str]]]:
+    """Per metric, the user budgets (value, picked member) that records were picked for;
+    labels read ``"latency_ms<=2"``."""
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for r in records:
+        for label in r.get("budgets", []):
+            m, _, value = label.partition("<=")
+            lines.setdefault(m, []).append((float(value), r["name"]))
+    return lines
+
+
+def plot_pareto(records: list[dict[str, Any]], path: Path, metric: str = "latency_ms") -> Path:
+    """Accuracy against cost, one panel per axis: the table's ``metric`` (the axis the search
+    and the budgets use: each budget a dashed line, its picked member starred) and, when the
+    members were timed, the latency measured on this machine — the two can disagree, so they
+    are never mixed on one axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if metric is None:
-        metric = MEASURED if all(r.get(MEASURED) is not None for r in records) else "latency_ms"
     mark_front(records)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    axes_metrics = [metric] + ([MEASURED] if all(r.get(MEASURED) is not None for r in records)
+                               else [])
+    fig, axes = plt.subplots(1, len(axes_metrics), figsize=(6.0 * len(axes_metrics), 4.4),
+                             squeeze=False)
+    picks = budget_lines(records).get(metric, [])
+    picked = {name for _, name in picks}
     samples = [r for r in records if r.get("kind") == "sample"]
     members = [r for r in records if r.get("kind") != "sample"]
-    if samples:
-        ax.scatter([cost_of(r, metric) for r in samples], [accuracy_of(r) for r in samples],
-                   s=14, c="0.7", label="sampled configs")
-    ax.plot([cost_of(r, metric) for r in members], [accuracy_of(r) for r in members], "o-",
-            c="tab:blue", ms=5, lw=1, alpha=0.6, label="nested family")
-    for r in members:
-        ax.annotate(r["name"], (cost_of(r, metric), accuracy_of(r)), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    front = sorted((cost_of(r, metric), accuracy_of(r)) for r in records
-                   if r["on_front"].get(metric))
-    if front:
-        ax.step(*zip(*front, strict=True), where="post", c="tab:red", lw=1.5, label="Pareto front")
-        ax.scatter(*zip(*front, strict=True), s=40, facecolors="none", edgecolors="tab:red")
-    unit = "ms, measured" if metric == MEASURED else metric
-    ax.set_xlabel(f"latency ({unit})" if "latency" in metric else metric)
-    ax.set_ylabel("top-1 accuracy (deepest exit)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    for ax, m in zip(axes[0], axes_metrics, strict=True):
+        if samples:
+            ax.scatter([cost_of(r, m) for r in samples], [accuracy_of(r) for r in samples],
+                       s=14, c="0.7", label="sampled configs")
+        ax.plot([cost_of(r, m) for r in members], [accuracy_of(r) for r in members], "o-",
+                c="tab:blue", ms=5, lw=1, alpha=0.6, label="nested family")
+        for r in members:
+            ax.annotate(r["name"], (cost_of(r, m), accuracy_of(r)), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        front = sorted((cost_of(r, m), accuracy_of(r)) for r in records if r["on_front"].get(m))
+        if front:
+            ax.step(*zip(*front, strict=True), where="post", c="tab:red", lw=1.5,
+                    label="Pareto front")
+            ax.scatter(*zip(*front, strict=True), s=40, facecolors="none", edgecolors="tab:red")
+        chosen = [r for r in members if r["name"] in picked]
+        if chosen:
+            ax.scatter([cost_of(r, m) for r in chosen], [accuracy_of(r) for r in chosen],
+                       marker="*", s=160, c="tab:orange", zorder=3, label="picked for a budget")
+        if m == metric:
+            for i, (value, name) in enumerate(sorted(picks)):
+                ax.axvline(value, ls="--", c="tab:orange", lw=1,
+                           label="budget" if i == 0 else None)
+                ax.annotate(f"{metric} ≤ {value:g} → {name}", (value, 0.02), rotation=90,
+                            xycoords=("data", "axes fraction"), fontsize=7, ha="right")
+            ax.set_xlabel(f"{metric} from the cost table (the axis the budgets use)")
+        else:
+            ax.set_xlabel("latency measured on this machine (ms, batch 1)")
+        ax.set_ylabel("top-1 accuracy (deepest exit)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
 
     def save(p: Path) -> None:

@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
-from nas.checkpoint_io import read_search_checkpoint
+from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from supernet import SearchSpace, SuperNet
 
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
@@ -357,7 +357,8 @@ class SupernetSearch(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint.get("hwnas", {})
+        path = getattr(self.trainer, "ckpt_path", None) if self._trainer else None
+        meta = check_search_checkpoint(checkpoint, path or "checkpoint", CKPT_FIX)["hwnas"]
         if meta.get("space") not in (None, self.search_space.spec):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from nas.callbacks import AlphaHistory
+from nas.checkpoint_io import read_search_checkpoint
 from nas.data import SplitDataModule
 from nas.search import SupernetSearch
 
@@ -58,6 +59,9 @@ class SearchCLI(LightningCLI):
         # `args` is the command line past `hwnas search`: LightningCLI's warning about `args`
         # beside `sys.argv` is meant for calls from Python and does not apply here
         self.config = parser.parse_args(args)
+        ckpt = self.config.get(f"{self.config.get('subcommand')}.ckpt_path")
+        if ckpt:  # LightningCLI reads it next: a bad file gets one clear error first
+            read_search_checkpoint(ckpt)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")

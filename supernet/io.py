@@ -18,7 +18,12 @@ class CorruptFileError(ValueError):
 
 
 def explain(path: str | Path, what: str, fix: str, error: Exception) -> CorruptFileError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """One line: the file, why it failed (torch's first sentence, never its advice to load
+    with ``weights_only=False``: a file that failed the safe load is not to be trusted), the fix."""
+    text = " ".join(str(error).split())
+    reason = text.split(". ")[0].rstrip(".") if text else type(error).__name__
+    if "weights_only" in reason:
+        reason = "not a plain tensor file: it needs code to load"
     return CorruptFileError(f"{path}: cannot read this {what} ({reason}); it is truncated, "
                             f"tampered with or not a {what}; {fix}")
 

@@ -70,3 +70,81 @@ def test_space_rejects_a_broken_spec_with_a_usage_error(capsys, tmp_path):
         main(["space", str(broken)])
     assert excinfo.value.code == 2
     assert str(broken) in capsys.readouterr().err
+
+
+def search_args(table: str, out) -> list[str]:
+    return ["search", "fit", "--config", str(REPO / "configs/search/tiny.yaml"),
+            f"--model.space={REPO / 'configs/spaces/tiny.yaml'}", f"--model.cost_table={table}",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={out}", f"--checkpoint.dirpath={out}"]
+
+
+def one_error_line(capsys, argv: list[str], *words: str) -> str:
+    """Run `hwnas ARGV`: it must fail with one line on stderr naming ``words``, no traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as usage_error:  # argparse: usage, then one "hwnas CMD: error:" line
+        code = usage_error.code
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.startswith("hwnas ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_infeasible_budget_is_one_line(tiny_table, tmp_path, capsys):
+    line = one_error_line(capsys, search_args(tiny_table, tmp_path)
+                          + ["--model.budget.fraction=0.01"], "budget", "cheapest")
+    assert line.startswith("hwnas search: error:")
+
+
+@pytest.mark.parametrize("content", [b"\x00" * 999, "state dict"])
+def test_bad_ckpt_path_is_one_line(tiny_table, tmp_path, capsys, content):
+    import torch
+
+    bad = tmp_path / "bad.ckpt"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        torch.save({"weight": torch.zeros(2)}, bad)  # loads safely, but holds no search
+    line = one_error_line(capsys, search_args(tiny_table, tmp_path) + [f"--ckpt_path={bad}"],
+                          str(bad), "search checkpoint")
+    assert "weights_only=False" not in line
+
+
+def test_export_of_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    line = one_error_line(capsys, ["export", "--ckpt", str(bad), "--out", str(tmp_path / "x")],
+                          str(bad))
+    assert "weights_only=False" not in line
+
+
+def test_debug_switch_shows_the_traceback(tiny_table, tmp_path, monkeypatch):
+    monkeypatch.setenv("HWNAS_DEBUG", "1")
+    with pytest.raises(ValueError, match="cheapest"):
+        main(search_args(tiny_table, tmp_path) + ["--model.budget.fraction=0.01"])
+
+
+def test_a_search_prints_no_library_notices(tiny_table, tmp_path):
+    """Notices that say nothing about the run are gone at their source: LightningCLI's `args`
+    warning, Lightning's hosted-logger tip, torch's LeafSpec deprecation, W&B's `anonymous`
+    warning and timm's one-epoch cosine warning."""
+    import os
+
+    argv = search_args(tiny_table, tmp_path)
+    argv.remove("--trainer.logger=false")  # the default logger: W&B, offline
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "nas", *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    assert "wandb" in output  # the logger did run
+    for notice in ("args parameter is intended", "litlogger", "LeafSpec", "anonymous setting",
+                   "Cosine annealing scheduler"):
+        assert notice not in output, notice
