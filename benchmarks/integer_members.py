@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy import load_member, load_weight_quant, lower_member  # noqa: E402
+from deploy.member_file import relower_member  # noqa: E402
 
 
 def session(model, threads: int = 1, config: dict | None = None) -> ort.InferenceSession:
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST root (default: system)")
     p.add_argument("--rounds", type=int, default=30, help="interleaved latency rounds")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--relower", action="store_true",
+                   help="write each member's model.onnx again with this hwnas's lowering")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     export = Path(args.export)
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [export, *(export.with_name(f"{export.name}-w{b}a{b}")
                       for b in [int(v) for v in args.bits.split(",") if v])]
     for member_dir in (m for d in dirs if d.is_dir() for m in sorted((d / "members").iterdir())):
+        if args.relower:
+            relower_member(member_dir)
         rows.append(evaluate(member_dir, x, y, args.rounds))
         r = rows[-1]
         print(f"{r['family']}/{r['name']} {'/'.join(r['bits'])}: top-1 torch {r['torch_top1']:.2f} onnx "

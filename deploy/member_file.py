@@ -133,6 +133,19 @@ def onnx_check(static: StaticNet, onnx_path: Path, input_shape: Sequence[int],
             "argmax_agreement": float((got[-1].argmax(1) == want[-1].argmax(1)).mean())}
 
 
+GENERATED = ("layers", "input_shape", "exit_stages", "files", "weight_bytes", "weight_storage",
+             "onnx")
+
+
+def relower_member(member_dir: str | Path, fallback: str | None = None) -> dict[str, Any]:
+    """Write ``model.onnx`` and ``config.json`` of an exported member again from its ``model.pt``
+    and stored scales with this hwnas's lowering; returns the new ``config.json``."""
+    meta = read_member_meta(member_dir)
+    kept = {k: v for k, v in meta.items() if k not in GENERATED}
+    return write_member(member_dir, load_member(member_dir), load_weight_quant(member_dir), kept,
+                        meta["input_shape"], fallback=fallback)
+
+
 def write_member(member_dir: str | Path, static: StaticNet,
                  weight_quant: Mapping[str, WeightQuant], meta: Mapping[str, Any],
                  input_shape: Sequence[int], *, onnx: bool = True, seed: int = 0,

@@ -3,10 +3,11 @@
 Integer graph (standard QDQ, which onnxruntime fuses into integer kernels): every quantized
 conv's weights are int8 initializers with the trained per-output-channel scales (batch norm
 folded into the scale and a bias; the integers stay the trained ones), activations pass through
-QuantizeLinear/DequantizeLinear with their learned LSQ step. A conv whose output feeds an
-activation quantizer ends in QuantizeLinear (→ ``QLinearConv``); the block's last 1×1 conv,
-whose output stays float (residual sum), is a ``ConvInteger`` (int8 × int8 → int32) rescaled to
-float. ReLU/ReLU6 before a quantizer is a clip on the dequantized grid values, which is exact.
+QuantizeLinear with their learned LSQ step. A conv on quantized activations is a
+``ConvInteger`` (u8 × s8 → int32) whose result is scaled and biased in float, so the model
+computes what the fake-quantized one does; ``qlinear=True`` instead lets onnxruntime fuse
+DQ → Conv → Q into ``QLinearConv`` at the cost of an int32 bias rounded to the accumulator grid.
+ReLU/ReLU6 before a quantizer is a clip on the quantizer's grid, which is exact.
 4-bit weights are stored as int8 holding values in ±7 (and 4-bit activations as uint8 in
 [120, 135], zero point 128): onnxruntime 1.32 reads INT4 tensors (opset 21) but runs
 convolutions on them in float, not integer kernels.
@@ -69,8 +70,8 @@ def _act_bounds(act: nn.Module) -> tuple[float, float]:
 
 
 class _Lowering:
-    def __init__(self, weight_quant: Mapping[str, WeightQuant], integer: bool):
-        self.g, self.wq, self.integer = _Graph(), weight_quant, integer
+    def __init__(self, weight_quant: Mapping[str, WeightQuant], integer: bool, qlinear: bool):
+        self.g, self.wq, self.integer, self.qlinear = _Graph(), weight_quant, integer, qlinear
 
     # -- activations ---------------------------------------------------------------------------
     def quantize(self, x: str, fq: nn.Module, lo: float = -np.inf, hi: float = np.inf):
@@ -125,14 +126,17 @@ class _Lowering:
         w_scale = (wq.scale * factor.abs()).float()  # BN folded into the trained scale
         bias = (bn.bias - bn.running_mean * factor).detach().cpu().float()
         w_name = g.const(f"{name}.weight_int{wq.bits}", _np(ints, np.int8))
-        if q_in is not None and requant is None:  # output stays float: ConvInteger + rescale
+        if q_in is not None and (requant is None or not self.qlinear):
+            # ConvInteger (int8 × int8 → int32), then scale and bias in float: exact up to float
+            # rounding, so the integer model agrees with the fake-quantized one
             acc = g.op("ConvInteger", [q_in[0], w_name, g.const("act_zero", ACT_ZERO),
                                        g.const("zero", np.int8(0))], "convint", **attrs)
             y = g.op("Cast", [acc], "cast", to=TensorProto.FLOAT)
             rescale = (w_scale * torch.tensor(q_in[2], dtype=torch.float32)).reshape(1, -1, 1, 1)
             y = g.op("Mul", [y, g.const(f"{name}.rescale", _np(rescale))], "mul")
             y = g.op("Add", [y, g.const(f"{name}.bias", _np(bias.reshape(1, -1, 1, 1)))], "add")
-            return self.clip(y, *act_bounds)
+            return self.quantize(y, requant, *act_bounds) if requant is not None else \
+                self.clip(y, *act_bounds)
         w_s = g.const(f"{name}.weight_scale", _np(w_scale))
         w_zp = g.const(f"{name}.weight_zero", np.zeros(len(w_scale), np.int8))
         w = g.op("DequantizeLinear", [w_name, w_s, w_zp], "dqw", axis=0)
@@ -179,12 +183,15 @@ class _Lowering:
 def lower_member(static: StaticNet, weight_quant: Mapping[str, WeightQuant],
                  input_shape: Sequence[int], *, integer: bool = True,
                  supported_bits: Sequence[int] = INTEGER_BITS,
-                 fallback: str | None = None) -> onnx.ModelProto:
+                 fallback: str | None = None, qlinear: bool = False) -> onnx.ModelProto:
     """``static`` (eval mode) as an ONNX model with a dynamic batch: input ``input``, one output
     ``exit<stage>`` per exit. ``weight_quant`` (module name → `WeightQuant`) gives each
     quantized conv's trained scales; ``integer=False`` gives the same graph in float.
     A weight bit-width outside ``supported_bits`` is an error unless ``fallback="float"``,
-    which ships that layer with float weights."""
+    which ships that layer with float weights. ``qlinear=True`` ends each conv that feeds an
+    activation quantizer in QuantizeLinear with an int32 bias, which onnxruntime fuses into
+    ``QLinearConv``; the bias then rounds to the accumulator's grid (scale × scale), a visible
+    error at 4-bit inputs, so the default is ``ConvInteger`` with a float bias."""
     static = static.eval().cpu()
     wq = dict(weight_quant)
     for name, q in list(wq.items()):
@@ -197,7 +204,7 @@ def lower_member(static: StaticNet, weight_quant: Mapping[str, WeightQuant],
                     f"export a member whose wbits are in {sorted(supported_bits)} or "
                     f"{FLOAT_BITS}")
             del wq[name]
-    low = _Lowering(wq, integer)
+    low = _Lowering(wq, integer, qlinear)
     stem_conv, stem_bn, stem_act = static.stem
     x = low.conv("input", "stem", stem_conv, stem_bn, act_bounds=_act_bounds(stem_act))
     outputs = []
