@@ -185,7 +185,8 @@ def test_a_bit_width_the_target_cannot_run_names_layer_bits_and_fallback(tiny_sp
 def test_member_files_bytes_and_per_layer_table(tiny_space, tmp_path):
     net, config, static = member(tiny_space, 4)
     wq = trained_weight_quant(net, static, config)
-    doc = write_member(tmp_path / "m", static, wq, {"name": "m"}, SHAPE)
+    doc = write_member(tmp_path / "m", static, wq,
+                       {"name": "m", "space": tiny_space.spec, "config": config.to_dict()}, SHAPE)
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta == json.loads(json.dumps(doc))
     model = onnx.load(tmp_path / "m" / "model.onnx")
