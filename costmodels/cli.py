@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-DEVICE_TARGETS = ("cpu", "cuda")
+DEVICE_TARGETS = ("cpu", "cuda", "onnxruntime")
+RUNS = Path("runs")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,17 +24,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sub.required = True
 
     b = sub.add_parser("build", help="build a cost table for every layer of a space",
-                       description="Measure on a torch device (cpu, cuda, cuda:N) or price "
-                                   "with an analytic roofline preset (edgetpu, fpga, mcu).")
+                       description="Measure on this machine (cpu: torch eager; cuda, cuda:N; "
+                                   "onnxruntime: the exported integer model on CPU) or price "
+                                   "with an analytic roofline preset (edgetpu, fpga, mcu). A "
+                                   "measured table records its host, protocol and a probe.")
     b.add_argument("--space", required=True, help="search-space YAML")
     b.add_argument("--target", required=True,
-                   help="cpu | cuda[:N] (measured) or an analytic preset: edgetpu, fpga, mcu")
+                   help="cpu | cuda[:N] | onnxruntime (measured) or an analytic preset: "
+                        "edgetpu, fpga, mcu")
     b.add_argument("--out", required=True, help="table JSON to write")
     b.add_argument("--batch", type=int, default=1, help="samples per inference (default 1)")
     b.add_argument("--threads", type=int, default=1, help="CPU threads when measuring")
     b.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer")
     b.add_argument("--repeats", type=int, default=100,
                    help="timed rounds: each layer once per round (median)")
+    b.add_argument("--burst", type=int, default=1,
+                   help="calls per timed call, the last one timed (1: each layer cold, among "
+                        "all others; more: warm, as inside a network run again and again)")
     b.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: elapsed time; thread: CPU time of the timing thread (cpu, "
                         "--threads 1), robust when other processes share the machine")
@@ -51,17 +58,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="predicted vs. measured latency of sampled members",
                        description="Writes fidelity.json and fidelity.png to --out.")
     c.add_argument("--space", required=True, help="search-space YAML")
-    c.add_argument("--table", required=True, help="measured table JSON (target cpu or cuda)")
+    c.add_argument("--table", required=True,
+                   help="measured table JSON (target cpu, cuda or onnxruntime)")
     c.add_argument("--samples", type=int, default=50, help="random test members (+2 extremes)")
     c.add_argument("--fit-samples", type=int, default=None,
                    help="other members to fit the correction on (default = --samples, 0 = none)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=None, help="default: the table's")
-    c.add_argument("--device", default=None, help="default: the table's target")
+    c.add_argument("--device", default=None,
+                   help="default: the table's target (cpu, cuda[:N], onnxruntime)")
     c.add_argument("--repeats", type=int, default=30, help="timed rounds (median per member)")
+    c.add_argument("--burst", type=int, default=3,
+                   help="a member's timed call follows burst - 1 untimed ones: it runs warm, "
+                        "as a deployed member does (entries are timed as the table was)")
     c.add_argument("--clock", choices=("wall", "thread"), default=None,
                    help="default: the table's clock")
-    c.add_argument("--out", default=None, help="report folder (default: next to the table)")
+    c.add_argument("--out", default=None,
+                   help="report folder (default: runs/fidelity/<table name>)")
+    c.add_argument("--write-corrected", default=None, metavar="TABLE_JSON",
+                   help="also write the table with the linear correction fitted here (on the "
+                        "fit members), which searches then apply inside E[cost]")
+    c.add_argument("--allow-foreign-table", action="store_true",
+                   help="check a table that does not describe this host (another machine, "
+                        "or its reference layers drift beyond ±10%%) instead of stopping")
     c.set_defaults(func=_check)
     return costs
 
@@ -80,14 +99,20 @@ def _build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.target.split(":")[0] in DEVICE_TARGETS:
         table = build_measured_table(space, args.target, args.batch, args.threads, args.warmup,
-                                     args.repeats, space_file=args.space, clock=args.clock)
+                                     args.repeats, space_file=args.space, clock=args.clock,
+                                     burst=args.burst)
     elif args.target in PRESETS:
         table = build_analytic_table(space, args.target, args.batch, space_file=args.space)
     else:
-        print(f"error: --target {args.target!r}: use cpu, cuda[:N] or one of "
+        print(f"error: --target {args.target!r}: use cpu, cuda[:N], onnxruntime or one of "
               f"{sorted(PRESETS)}", file=sys.stderr)
         return 2
     table.save(args.out)
+    if table.meta.host:
+        h = table.meta.host
+        print(f"measured on {h.get('gpu') or h.get('cpu')} ({h.get('cores')} cores, "
+              f"{h.get('threads') or 'default'} thread(s)), torch {h.get('torch')}, onnxruntime "
+              f"{h.get('onnxruntime')}; {table.meta.protocol}")
     print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
           f"id {table.id}, {time.perf_counter() - start:.1f} s")
     return 0
@@ -110,6 +135,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from costmodels.fidelity import check_fidelity
+    from costmodels.host import ForeignTableError, require_host
     from costmodels.table import CostTable
 
     table = CostTable.load(args.table)
@@ -117,16 +143,40 @@ def _check(args: argparse.Namespace) -> int:
     if device.split(":")[0] not in DEVICE_TARGETS:
         print(f"error: table {args.table} is {table.meta.method} for {table.meta.target!r}; "
               "a fidelity check measures on this machine, so it needs a table measured on "
-              "cpu or cuda (or pass --device)", file=sys.stderr)
+              "cpu, cuda or onnxruntime (or pass --device)", file=sys.stderr)
         return 2
+    space = _space(args.space)
+    try:
+        verdict = require_host(table, space, args.space, args.allow_foreign_table)
+    except ForeignTableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"host check: {'FOREIGN (allowed)' if verdict.foreign else 'ok'}: {verdict.reason}")
     threads = args.threads or table.meta.threads or 1
     clock = args.clock or table.meta.clock or "wall"
-    report = check_fidelity(_space(args.space), table, args.samples, device, threads,
-                            args.seed, args.fit_samples, repeats=args.repeats, clock=clock)
-    out = Path(args.out) if args.out else Path(args.table).with_suffix("")
+    report = check_fidelity(space, table, args.samples, device, threads,
+                            args.seed, args.fit_samples, repeats=args.repeats, clock=clock,
+                            burst=args.burst)
+    out = Path(args.out) if args.out else RUNS / "fidelity" / Path(args.table).stem
     json_path, png_path = report.save(out)
     print(report.summary())
     print(f"wrote {json_path} and {png_path}")
+    if args.write_corrected:
+        if report.correction is None:
+            print("error: --write-corrected needs fit members (--fit-samples >= 3)",
+                  file=sys.stderr)
+            return 2
+        c = report.correction
+        corrected = CostTable(table.entries, table.meta, table.overhead,
+                              {**table.correction, "latency_ms": {"a": c.a, "b": c.b, "c": c.c}})
+        corrected.save(args.write_corrected)
+        print(f"wrote {args.write_corrected}: table {corrected.id} = table {table.id} with "
+              f"latency_ms ≈ {c.a:.3f}·(Σ layers + overhead) + {c.b:.4f}·layers + {c.c:.3f}")
+    a, now = report.additive, report.models.get("table re-timed now + overhead")
+    same_run = (f"; entries re-timed in this run: {now.within_10pct:.0%}, τ "
+                f"{now.kendall_tau:.3f}" if now else "")
+    print(f"table {table.id}: {a.within_10pct:.0%} of {a.n} members within ±10% (goal ≥ 95%), "
+          f"Kendall τ {a.kendall_tau:.3f} (goal ≥ 0.95){same_run}")
     return 0
 
 

@@ -5,7 +5,10 @@ of the decisions that shape it (its input width is the previous layer's width de
 that is among them). A forward pass contracts that tensor with those decisions' probability
 vectors and weighs it by the probability that the slot runs (its stage is deep enough and the
 exit comes at or after it). Decisions are treated as independent, as the relaxation samples
-them. All of it is float64, so a one-hot distribution gives the concrete cost exactly.
+them. All of it is float64, so a one-hot distribution gives the concrete cost exactly. The
+table's per-network overhead (launch, input, output) is added once: it moves E[cost], not α.
+A table with a fitted correction (``a · (Σ layers + overhead) + b · layers + c``) applies it
+here too, with E[number of layers] from the same run probabilities: still differentiable.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class ExpectedCost(nn.Module):
         self.space, self.metric, self.table_id = space, metric, table.id
         self.batch = table.meta.batch
         self.reduce = reduction(metric)
+        self.table = table  # `CostTable.network_cost`: overhead and correction
         self._slots: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._values: dict[str, float] = {}  # signature key -> table value, for `concrete`
         for i, slot in enumerate(layer_slots(space)):
             keys = unique_keys(slot)
             sizes = [len(space.decision(k).choices) for k in keys]
             cost = torch.zeros(sizes, dtype=DTYPE)
+            count = torch.ones(sizes, dtype=DTYPE)  # one layer, if it runs
             for idx, shape in slot_shapes(space, slot):
                 sig = OpSignature.from_shape(shape, self.batch)
                 cost[idx] = self._values.setdefault(sig.key, table.lookup(sig, metric))
@@ -56,13 +61,15 @@ class ExpectedCost(nn.Module):
                                     dtype=DTYPE)
                 if key in keys:  # shapes and gating share a decision: fold the gate in
                     dim = keys.index(key)
-                    cost = cost * mask.view([-1 if d == dim else 1 for d in range(len(keys))])
+                    view = [-1 if d == dim else 1 for d in range(len(keys))]
+                    cost, count = cost * mask.view(view), count * mask.view(view)
                 elif bool(mask.all()):
                     continue  # always runs (e.g. depth >= 1)
                 else:
                     self.register_buffer(f"mask{i}_{len(run_keys)}", mask)
                     run_keys.append(key)
             self.register_buffer(f"cost{i}", cost)
+            self.register_buffer(f"count{i}", count, persistent=False)
             self._slots.append((slot.name, keys, tuple(run_keys)))
 
     @classmethod
@@ -71,12 +78,13 @@ class ExpectedCost(nn.Module):
         """One `ExpectedCost` per metric, keyed by metric name."""
         return nn.ModuleDict({m: cls(space, table, m) for m in metrics})
 
-    def slot_costs(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Per slot, P(slot runs) · E[its cost]: a float64 vector in execution order."""
+    def slot_costs(self, probs: Mapping[str, torch.Tensor], what: str = "cost") -> torch.Tensor:
+        """Per slot, P(slot runs) · E[its cost] (``what="count"``: P(slot runs)): a float64
+        vector in execution order."""
         p = self._check(probs)
         terms = []
         for i, (_, keys, run_keys) in enumerate(self._slots):
-            cost = getattr(self, f"cost{i}")
+            cost = getattr(self, f"{what}{i}")
             operands: list = [cost, list(range(len(keys)))]
             for d, key in enumerate(keys):
                 operands += [p[key], [d]]
@@ -90,12 +98,15 @@ class ExpectedCost(nn.Module):
         terms = self.slot_costs(probs)
         if self.reduce == "max":
             return terms.amax()
-        return terms.cumsum(0)[-1]  # sequential, in layer order: one-hot gives `concrete` exactly
+        # sequential, in layer order: one-hot gives `concrete` exactly
+        layers = self.slot_costs(probs, "count").sum() if self.table.correction else 0
+        return self.table.network_cost(terms.cumsum(0)[-1], layers, self.metric)
 
     def concrete(self, arch: ArchConfig) -> float:
         """The table cost of one concrete member (same units), summed (or maxed) over its layers."""
-        return concrete_cost(self.space, lambda s: self._values[s.key], arch, self.metric,
-                             self.batch)
+        return self.table.network_cost(
+            concrete_cost(self.space, lambda s: self._values[s.key], arch, self.metric,
+                          self.batch), len(describe_layers(self.space, arch)), self.metric)
 
     def _check(self, probs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -121,9 +132,11 @@ def concrete_cost(space: SearchSpace, lookup, arch: ArchConfig, metric: str,
 
 def table_cost(space: SearchSpace, table: CostTable, arch: ArchConfig,
                metric: str = "latency_ms") -> float:
-    """The cost of a concrete member read straight from ``table``."""
-    return concrete_cost(space, lambda s: table.lookup(s, metric), arch, metric,
-                         table.meta.batch)
+    """The cost of a concrete member read straight from ``table`` (its overhead included,
+    and its fitted correction, if it has one)."""
+    return table.network_cost(concrete_cost(space, lambda s: table.lookup(s, metric), arch,
+                                            metric, table.meta.batch),
+                              len(describe_layers(space, arch)), metric)
 
 
 def _runs_if(conditions: Sequence[tuple[str, int]]) -> dict[str, int]:

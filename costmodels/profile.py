@@ -1,7 +1,11 @@
-"""Measured cost tables: time every layer signature of a space on a torch device.
+"""Measured cost tables: time every layer signature of a space on a measured target.
 
 Each layer is built as the extracted network runs it (frozen input quantizer, conv, batch
-norm, activation; or pool + linear) and timed in inference mode with a fixed thread count.
+norm, activation; or pool + linear) and timed on the target's runtime (torch eager on CPU or
+CUDA, or onnxruntime as the exported integer model, see `costmodels.targets`) in inference
+mode with a fixed thread count. A run of a graph that only passes its input through is timed
+with them: the per-network ``overhead`` (launch, input, output), which every layer's own call
+also pays, so it is subtracted from each layer and added once per network.
 Layers are timed interleaved — each round runs every layer once, in a fresh shuffled order —
 because a layer timed in a tight loop of itself finds its weights and code cached and runs
 markedly faster than it does inside a network. A layer's latency is its median over rounds (ms),
@@ -11,63 +15,25 @@ by wall clock, or by the timing thread's CPU time on a machine shared with other
 
 from __future__ import annotations
 
-import platform
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import torch
-from timm.layers import create_act_layer
 from torch import nn
 from tqdm import tqdm
 
 from costmodels.analytic import count_metrics
-from costmodels.signature import FLOAT_BITS, OpSignature, enumerate_signatures
+from costmodels.host import device_name, host_info, pick_probe, time_probe
+from costmodels.signature import enumerate_signatures
 from costmodels.table import CostTable, TableMeta
-from supernet.quant import FakeQuantAct, initial_step
+from costmodels.targets import Target, op_module, torch_threads
+from costmodels.targets import torch_runtime_signature as runtime_signature
 from supernet.space import SearchSpace
 
-
-def op_module(sig: OpSignature, act: str) -> nn.Module:
-    """The layer as an extracted network runs it; ``act`` is the space's activation name."""
-    layers: list[nn.Module] = []
-    if sig.act_bits < FLOAT_BITS:
-        layers.append(FakeQuantAct(initial_step(sig.act_bits), sig.act_bits))
-    if sig.kind == "linear":
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(sig.in_channels,
-                                                                       sig.out_channels)]
-    else:
-        layers += [nn.Conv2d(sig.in_channels, sig.out_channels, sig.kernel, sig.stride,
-                             sig.kernel // 2, groups=sig.groups, bias=False),
-                   nn.BatchNorm2d(sig.out_channels)]
-        if sig.activation:
-            layers.append(create_act_layer(act))
-    return nn.Sequential(*layers).eval()
-
-
-def runtime_signature(sig: OpSignature) -> OpSignature:
-    """The signature with what does not change float runtime erased.
-
-    Extracted weights are stored already quantized in float, so weight bits cost nothing, and a
-    frozen activation quantizer runs the same ops at 4 or 8 bits: only "quantized or not" stays.
-    """
-    return replace(sig, weight_bits=FLOAT_BITS, act_bits=8 if sig.act_bits < FLOAT_BITS
-                   else FLOAT_BITS)
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with a fixed intra-op thread count, restoring the previous one afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+__all__ = ["build_measured_table", "device_name", "measure_network_latency", "measure_networks",
+           "op_module", "runtime_signature", "time_interleaved", "timed_call", "torch_threads"]
 
 
 CLOCKS = ("wall", "thread")
@@ -120,15 +86,23 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, warmup: int,
-                     repeats: int, seed: int = 0, progress: bool = False, clock: str = "wall"
-                     ) -> list[tuple[float, float]]:
-    """Median ms and spread of each function, timed one call per round in shuffled order."""
+                     repeats: int, seed: int = 0, progress: bool = False, clock: str = "wall",
+                     bursts: Sequence[int] | None = None) -> list[tuple[float, float]]:
+    """Median ms and spread of each function, timed one call per round in shuffled order.
+
+    ``bursts[i] = k`` runs function ``i`` k − 1 times untimed right before its timed call:
+    a network then runs as it does when deployed (again and again, its weights in cache)
+    while the rounds still spread the machine's load over all functions alike.
+    """
     rng = random.Random(seed)
     times: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
+    bursts = bursts or [1] * len(fns)
     for r in tqdm(range(warmup + max(repeats, 1)), desc="timing rounds", disable=not progress):
         rng.shuffle(order)
         for i in order:
+            for _ in range(bursts[i] - 1):
+                fns[i]()
             t = timed_call(fns[i], device, clock)
             if r >= warmup:
                 times[i].append(t)
@@ -175,54 +149,65 @@ def measure_network_latency(module: nn.Module, input_shape: tuple[int, ...],
                             clock=clock)[0]
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model (Linux), for a table's metadata."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+def protocol(batch: int, threads: int | None, clock: str, warmup: int, repeats: int,
+             burst: int = 1) -> str:
+    """How a table was timed, in words (recorded in its metadata)."""
+    each = "once" if burst == 1 else f"{burst} times in a row, the last timed,"
+    return (f"batch {batch}, {threads or 'default'} thread(s), {clock} clock, {warmup} warm-up "
+            f"+ {repeats} interleaved rounds (each call {each} per round, shuffled), median; "
+            "entry = layer run minus its baseline run (torch: an identity run; onnxruntime: "
+            "the layer's prefix alone), the identity run added once per network")
 
 
 def build_measured_table(space: SearchSpace, device: str | torch.device = "cpu", batch: int = 1,
                          threads: int = 1, warmup: int = 10, repeats: int = 100,
                          space_file: str | None = None, progress: bool = True,
-                         seed: int = 0, clock: str = "wall") -> CostTable:
-    """Time every runtime shape of ``space`` (``warmup`` + ``repeats`` interleaved rounds).
+                         seed: int = 0, clock: str = "wall", burst: int = 1) -> CostTable:
+    """Time every runtime shape of ``space`` on target ``device`` (``cpu``, ``cuda[:N]`` or
+    ``onnxruntime``) in ``warmup`` + ``repeats`` interleaved rounds.
 
-    Entries hold ``latency_ms``, its relative ``latency_spread`` and the count metrics of
-    `analytic.count_metrics`; every bit-width variant of a runtime shape shares its time.
+    Entries hold ``latency_ms`` (the layer's own time: its run minus the overhead run), its
+    relative ``latency_spread`` and the count metrics of `analytic.count_metrics`; every
+    signature that maps to one runtime shape shares its time. The table records its host,
+    protocol and the raw times of a few probe shapes (`costmodels.host`).
     """
-    device = torch.device(device)
-    check_clock(clock, device, threads)
+    target = Target(str(device), threads)
+    check_clock(clock, target.device, threads)
     signatures = sorted(enumerate_signatures(space, batch))
-    shapes = sorted({runtime_signature(s) for s in signatures})
-    torch.manual_seed(seed)
-    calls = []
-    for shape in shapes:
-        module = op_module(shape, space.act).to(device)
-        x = torch.randn(batch, shape.in_channels, shape.in_size, shape.in_size, device=device)
-        calls.append(lambda m=module, x=x: m(x))
-    with torch_threads(threads), torch.inference_mode():
-        results = time_interleaved(calls, device, warmup, repeats, seed, progress, clock)
-    timed = dict(zip(shapes, results, strict=True))
+    shapes = sorted({target.runtime_signature(s) for s in signatures})
+    shape_in = (batch, space.input_channels, space.input_size, space.input_size)
+    plan = target.entry_calls(tqdm(shapes, desc=f"preparing {target.kind} layers",
+                                   disable=not progress), space.act, shape_in, seed)
+    with target.running():
+        raw = time_interleaved(plan.calls, target.device, warmup, repeats, seed, progress,
+                               clock, [burst] * len(plan.calls))
+    overhead, timed = plan.entries(raw)
+    results = list(timed.values())
     entries = {}
     for s in signatures:
-        latency, spread = timed[runtime_signature(s)]
+        latency, spread = timed[target.runtime_signature(s)]
         entries[s.key] = {**count_metrics(s), "latency_ms": latency, "latency_spread": spread}
+    thread_count = threads if target.device.type == "cpu" else None
     meta = TableMeta(
-        target=device.type, device=device_name(device), method="measured",
-        torch_version=torch.__version__, batch=batch,
-        threads=threads if device.type == "cpu" else None, warmup=warmup, repeats=repeats,
-        clock=clock, spread=statistics.median(r[1] for r in results),
-        notes=(f"{len(shapes)} runtime shapes timed for {len(signatures)} signatures: weight "
-               "bits do not change the float latency of baked fake-quantized weights, and 4- "
-               "and 8-bit activation quantizers run the same ops, so each shape was timed once "
-               "and its value filled into every bit-width variant. Interleaved rounds (each "
-               "shape once per round, shuffled); median over rounds; spread = IQR / median."),
+        target=target.name, device=device_name(target.device), method="measured",
+        torch_version=torch.__version__, batch=batch, threads=thread_count, warmup=warmup,
+        repeats=repeats, clock=clock, burst=burst,
+        spread=statistics.median(r[1] for r in results),
+        host=host_info(target.device, thread_count), protocol=protocol(
+            batch, thread_count, clock, warmup, repeats, burst),
+        probe=time_probe(target.name, threads, clock, list(pick_probe(
+            {shape.key: t for shape, (t, _) in timed.items()})), space.act, seed=seed),
+        notes=(f"{target.runtime}: {len(shapes)} runtime shapes timed for {len(signatures)} "
+               f"signatures; {_bits_note(target)}"),
     ).for_space(space, space_file)
-    return CostTable(entries, meta)
+    return CostTable(entries, meta, overhead={"latency_ms": overhead})
+
+
+def _bits_note(target: Target) -> str:
+    if target.kind == "onnxruntime":
+        return ("layers with quantized weights and activations run int8 QDQ kernels (4 bits "
+                "as int8: onnxruntime has no 4-bit conv kernels), all others float kernels, "
+                "so each shape was timed once per kernel kind")
+    return ("weight bits do not change the float latency of baked fake-quantized weights, and "
+            "4- and 8-bit activation quantizers run the same ops, so each shape was timed once "
+            "and its value filled into every bit-width variant")

@@ -3,8 +3,11 @@
 Metrics are floats in the units their names say: ``latency_ms`` (milliseconds), ``energy_mj``
 (millijoules), ``weight_bytes`` / ``peak_activation_bytes`` (bytes), ``macs`` and ``bitops``
 (counts). A network's cost is the sum of its layers' costs, except ``peak_activation_bytes``,
-which is the max over layers (see `reduction`). A signature the table lacks is an error that
-names it and the command that builds a table covering the space — never a silent zero.
+which is the max over layers (see `reduction`), plus the table's per-network ``overhead`` (graph
+launch, input and output), measured as its own entry. A signature the table lacks is an error
+that names it and the command that builds a table covering the space — never a silent zero.
+A measured table records where and how it was measured (`TableMeta.host`, ``protocol``, and the
+raw times of a few ``probe`` signatures), so a host can check that the table describes it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from costmodels.signature import (
 )
 from supernet.space import SearchSpace
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no provenance, no overhead
 MAX_METRICS = frozenset({"peak_activation_bytes"})
 
 
@@ -72,11 +76,17 @@ class TableMeta:
     warmup: int | None = None
     repeats: int | None = None
     clock: str | None = None  # "wall" or "thread" (CPU time of the timing thread); measured only
+    burst: int = 1  # calls per timed call (the last one timed): 1 = cold, more = warm
     spread: float | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
     notes: str = ""
     format_version: int = FORMAT_VERSION
+    # provenance of a measured table: the machine and software (see `costmodels.host`), how it
+    # was timed, and the raw ms of a few reference signatures a host re-times to compare
+    host: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""
+    probe: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TableMeta:
@@ -97,12 +107,20 @@ class TableMeta:
 class CostTable:
     """Signature key → {metric: value}; look costs up, check coverage, save and load."""
 
-    def __init__(self, entries: Mapping[str, Mapping[str, float]], meta: TableMeta):
-        if meta.format_version != FORMAT_VERSION:
+    def __init__(self, entries: Mapping[str, Mapping[str, float]], meta: TableMeta,
+                 overhead: Mapping[str, float] | None = None,
+                 correction: Mapping[str, Mapping[str, float]] | None = None):
+        if meta.format_version not in READABLE_VERSIONS:
             raise TableError(f"table format_version {meta.format_version} is not supported "
-                             f"(this hwnas reads version {FORMAT_VERSION}); rebuild it with "
-                             "`hwnas costs build`")
+                             f"(this hwnas reads versions {list(READABLE_VERSIONS)}); rebuild "
+                             "it with `hwnas costs build`")
         self.meta = meta
+        # per network, not per layer: graph launch, input and output (same units as entries)
+        self.overhead = {m: float(v) for m, v in (overhead or {}).items()}
+        # metric -> {"a", "b", "c"}: network = a · (Σ layers + overhead) + b · layers + c, a
+        # correction fitted on measured members by `hwnas costs check --write-corrected`
+        self.correction = {m: {k: float(c[k]) for k in ("a", "b", "c")}
+                           for m, c in (correction or {}).items()}
         self.entries: dict[str, dict[str, float]] = {}
         for key, metrics in entries.items():
             OpSignature.parse(key)  # reject malformed keys early
@@ -131,6 +149,21 @@ class CostTable:
             raise TableError(f"entry {key} of cost table {self.id} lacks metric {metric!r}")
         return entry[metric]
 
+    def network_cost(self, layer_sum, layers, metric: str):
+        """A network's cost from the sum of its layers' costs and its layer count (floats or
+        tensors): plus the overhead, then the fitted correction if the table has one."""
+        total = layer_sum + self.network_overhead(metric)
+        c = self.correction.get(metric) if reduction(metric) == "sum" else None
+        return total if c is None else c["a"] * total + c["b"] * layers + c["c"]
+
+    def network_overhead(self, metric: str) -> float:
+        """What one network run costs beyond its layers in ``metric``'s units (0 if unmeasured)."""
+        return 0.0 if reduction(metric) == "max" else self.overhead.get(metric, 0.0)
+
+    @property
+    def measured(self) -> bool:
+        return self.meta.method == "measured"
+
     def __contains__(self, sig: OpSignature | str) -> bool:
         return (sig if isinstance(sig, str) else sig.key) in self.entries
 
@@ -156,8 +189,28 @@ class CostTable:
 
     # -- identity and files -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": asdict(self.meta), "entries": {k: self.entries[k]
-                                                      for k in sorted(self.entries)}}
+        """Plain JSON types only (a checkpoint loaded with ``weights_only`` can carry it)."""
+        out = {"meta": asdict(self.meta), "entries": {k: self.entries[k]
+                                                     for k in sorted(self.entries)}}
+        if self.overhead:
+            out["overhead"] = dict(sorted(self.overhead.items()))
+        if self.correction:
+            out["correction"] = {m: dict(sorted(c.items()))
+                                 for m, c in sorted(self.correction.items())}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "cost table") -> CostTable:
+        """The table `to_dict` wrote; ``source`` names where it came from in errors."""
+        if not isinstance(data, Mapping) or "meta" not in data or "entries" not in data:
+            raise TableError(f"{source}: not a cost table (expected keys 'meta' and 'entries')")
+        version = data["meta"].get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise TableError(f"{source}: table format_version {version!r} is not supported "
+                             f"(this hwnas reads versions {list(READABLE_VERSIONS)}); rebuild "
+                             "it with `hwnas costs build`")
+        return cls(data["entries"], TableMeta.from_dict(data["meta"]), data.get("overhead"),
+                   data.get("correction"))
 
     @property
     def id(self) -> str:
@@ -188,15 +241,7 @@ class CostTable:
             raise FileNotFoundError(f"cost table {str(path)!r} does not exist; build one with "
                                     "`hwnas costs build --space <space.yaml> --target cpu "
                                     f"--out {path}`")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or "meta" not in data or "entries" not in data:
-            raise TableError(f"{path}: not a cost table (expected keys 'meta' and 'entries')")
-        version = data["meta"].get("format_version")
-        if version != FORMAT_VERSION:
-            raise TableError(f"{path}: table format_version {version!r} is not supported (this "
-                             f"hwnas reads version {FORMAT_VERSION}); rebuild it with "
-                             "`hwnas costs build`")
-        return cls(data["entries"], TableMeta.from_dict(data["meta"]))
+        return cls.from_dict(json.loads(path.read_text()), str(path))
 
     # -- CSV ----------------------------------------------------------------------------------
     @classmethod

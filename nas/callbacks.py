@@ -7,9 +7,28 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as L
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from nas.search import SupernetSearch
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten at every validation whatever the monitored metric did.
+
+    Lightning's ``save_last`` now writes ``last.ckpt`` only when a top-k checkpoint was saved in
+    the same step, so an epoch that does not improve ``val/acc`` would be lost on a crash. This
+    keeps one checkpoint ranked by the step count instead: always the latest."""
+
+    def __init__(self, dirpath: str | None = None):
+        super().__init__(dirpath=dirpath, filename="last", monitor="step", mode="max",
+                         save_top_k=1, enable_version_counter=False)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Rewrite it with the finished state (every rank calls: saving is collective)."""
+        super().on_train_end(trainer, module)
+        if self.best_model_path:
+            trainer.save_checkpoint(self.best_model_path)
 
 
 class AlphaHistory(L.Callback):

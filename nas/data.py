@@ -3,7 +3,9 @@
 The architecture step needs batches the weights never trained on (DARTS' held-out split) and the
 checkpoint callbacks need a real validation loop, so the training set is split three ways with a
 fixed seed; the test set is never part of a split. Data stays as in-memory tensors: per-item PIL
-conversion would dominate a small CPU machine.
+conversion would dominate a small CPU machine. Image folders and torchvision datasets (decoded
+and augmented per item) are `nas.image_data`; shards streamed from beyond one disk,
+`nas.stream_data`; both reuse this split.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class SplitDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.data_seed = data_seed
         self._given = (train_images, train_labels, test_images, test_labels)
+        self.pin_memory = False  # in-memory tensors; file-backed subclasses pin for the GPU
         self.datasets: dict[str, TensorDataset] = {}
         self.split_indices: dict[str, Tensor] = {}
 
@@ -138,7 +141,17 @@ class SplitDataModule(L.LightningDataModule):
                     f"{name} data must be images [N, C, H, W] and labels [N], got "
                     f"{tuple(images.shape)} and {tuple(labels.shape)}"
                 )
-        n = len(train_x)
+        self.carve(len(train_x))
+        self.datasets = {
+            split: TensorDataset(train_x[idx], train_y[idx])
+            for split, idx in self.split_indices.items()
+        }
+        self.datasets["test"] = TensorDataset(test_x, test_y)
+
+    def carve(self, n: int) -> dict[str, Tensor]:
+        """Set `split_indices`: a permutation of range(n) seeded by `data_seed` alone (so every
+        rank and rerun agrees), cut into search, val and train; train and search must each hold
+        a batch."""
         n_search = round(n * self.search_fraction)
         n_val = round(n * self.val_fraction)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.data_seed))
@@ -154,11 +167,7 @@ class SplitDataModule(L.LightningDataModule):
                     f"the {split} split has {size} samples, fewer than batch_size="
                     f"{self.batch_size}; lower batch_size or use more data"
                 )
-        self.datasets = {
-            split: TensorDataset(train_x[idx], train_y[idx])
-            for split, idx in self.split_indices.items()
-        }
-        self.datasets["test"] = TensorDataset(test_x, test_y)
+        return self.split_indices
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
@@ -172,6 +181,7 @@ class SplitDataModule(L.LightningDataModule):
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def weights_dataloader(self) -> DataLoader:

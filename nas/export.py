@@ -96,7 +96,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
                   seed: int = 0) -> ExportResult:
     """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``."""
-    table = table if table is not None else CostTable.load(search.hparams.cost_table)
+    table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
                                 start=start, configs=configs)
     space, net = search.search_space, search.net.cpu().eval()

@@ -252,7 +252,7 @@ def check_chain(space: SearchSpace, configs: Sequence[ArchConfig | Mapping], cos
 
 def family_from_search(search, table: CostTable | None = None, **kwargs) -> Family:
     """`build_family` from a trained `SupernetSearch` (its α, space and cost table)."""
-    table = table if table is not None else CostTable.load(search.hparams.cost_table)
+    table = table if table is not None else search.table  # the checkpoint's own
     with torch.no_grad():
         probs = {k: p.detach() for k, p in search.arch.probs().items()}
     return build_family(search.search_space, probs, table, **kwargs)

@@ -1,7 +1,8 @@
 """`hwnas quickstart`: cost table → short search → nested family export → Pareto table.
 
-On Fashion-MNIST with the measured CPU table (built if missing); ``--fast`` runs the same
-pipeline on the tiny space with synthetic data and an analytic table, as a smoke test.
+On Fashion-MNIST with a CPU table measured on this host (the repository's example table if it
+describes this host, else this host's own, built once into ``runs/tables/``); ``--fast`` runs
+the same pipeline on the tiny space with synthetic data and an analytic table, as a smoke test.
 Only wiring lives here: the work is in `nas.search`, `nas.family`, `nas.export`.
 """
 
@@ -17,25 +18,49 @@ FMNIST_TABLE = ROOT / "configs" / "tables" / "fmnist_cpu.json"
 
 
 def ensure_table(space_file: str | Path, table_path: str | Path, *, measured: bool = True,
-                 progress: bool = True) -> Path:
-    """Use the table at ``table_path`` if it covers the space; build it if it is missing
-    (timed on this CPU, one thread; or analytic, for smoke runs)."""
+                 progress: bool = True, allow_foreign: bool = False,
+                 cache_root: str | Path | None = None, **build_kwargs) -> Path:
+    """The table to search with: ``table_path`` if it covers the space and describes this host.
+
+    A measured table from another machine, or whose reference layers drift beyond ±10% here
+    (`costmodels.host.check_host`), is replaced by this host's own: built once (on this CPU,
+    one thread, thread clock; ``build_kwargs`` go to `build_measured_table`) into a cache under
+    ``runs/tables/`` and reused while it still matches. ``allow_foreign`` keeps the given table.
+    ``measured=False`` prices with the analytic Edge TPU model instead (smoke runs).
+    """
     from costmodels import CostTable, build_analytic_table, build_measured_table
+    from costmodels.host import CACHE_DIR, cache_path, check_host
     from supernet import SearchSpace
 
     space, table_path = SearchSpace.from_yaml(space_file), Path(table_path)
-    if table_path.is_file():
-        CostTable.load(table_path).check_covers(space)
+    if not measured:
+        if table_path.is_file():
+            CostTable.load(table_path).check_covers(space)
+        else:
+            build_analytic_table(space, "edgetpu", space_file=str(space_file)).save(table_path)
         return table_path
-    if measured:
-        print(f"cost table {table_path} is missing: timing every layer of {space.name!r} on "
-              "this CPU (one thread)")
-        table = build_measured_table(space, "cpu", threads=1, space_file=str(space_file),
-                                     progress=progress)
-    else:
-        table = build_analytic_table(space, "edgetpu", space_file=str(space_file))
-    table.save(table_path)
-    return table_path
+    cache = cache_path(space, "cpu", 1, Path(cache_root) if cache_root else CACHE_DIR)
+    for candidate in dict.fromkeys([table_path, cache]):
+        if not candidate.is_file():
+            continue
+        table = CostTable.load(candidate)
+        table.check_covers(space)
+        verdict = check_host(table, space)
+        if not verdict.foreign:
+            return candidate
+        if allow_foreign:
+            print(f"using cost table {table.id} ({candidate}) although it does not describe "
+                  f"this host ({verdict.reason}): --allow-foreign-table")
+            return candidate
+        print(f"cost table {table.id} ({candidate}) does not describe this host "
+              f"({verdict.reason}); building this host's table into {cache}")
+    if not table_path.is_file() and table_path != cache:
+        print(f"cost table {table_path} is missing; building this host's table into {cache}")
+    build_kwargs.setdefault("clock", "thread")
+    table = build_measured_table(space, "cpu", threads=1, space_file=str(space_file),
+                                 progress=progress, **build_kwargs)
+    table.save(cache)
+    return cache
 
 
 def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_dir: str | Path,
@@ -84,8 +109,12 @@ def quickstart_command(argv: list[str]) -> int:
                         help="smoke run: tiny space, synthetic data, analytic table")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST root (default: system)")
     parser.add_argument("--table", default=None,
-                        help=f"cost table (default {FMNIST_TABLE.relative_to(ROOT)}, built if "
-                             "missing; --fast: an analytic table in --out)")
+                        help=f"cost table (default {FMNIST_TABLE.relative_to(ROOT)}; when it "
+                             "does not describe this host, this host's table is built into "
+                             "runs/tables/; --fast: an analytic table in --out)")
+    parser.add_argument("--allow-foreign-table", action="store_true",
+                        help="search with --table even if it was measured on another machine "
+                             "or its reference layers drift beyond ±10%% here")
     parser.add_argument("--seed", type=int, default=0)
     add_export_args(parser)
     parser.set_defaults(recal_batches=None)
@@ -97,35 +126,39 @@ def quickstart_command(argv: list[str]) -> int:
     from nas.export import export_family
     from nas.family import parse_budgets
     from nas.pareto import format_table
+    from nas.search import result_line
 
-    try:
-        budgets = parse_budgets(args.budgets)
-        if args.fast:
-            space_file, epochs = TINY_SPACE, args.epochs or 1
-            table = ensure_table(space_file, args.table or out / "tiny_edgetpu.json",
-                                 measured=False)
-            dm = SyntheticDataModule(num_samples=512, batch_size=32, data_seed=args.seed)
-            limit, recal, test_batches = args.limit_train_batches or 8, 4, args.test_batches
-        else:
-            space_file, epochs = FMNIST_SPACE, args.epochs or 2
-            table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress)
-            dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64,
-                                        data_seed=args.seed)
-            limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
-        print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
-        search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,
-                                  limit_train_batches=limit,
-                                  limit_val_batches=max(2, limit // 4), progress=progress,
-                                  seed=args.seed)
-        print(f"checkpoint: {ckpt}\nα's argmax: {search.arch.argmax()}")
-        result = export_family(
-            search, out / "export", dm, members=args.members, budgets=budgets,
-            metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
-            test_batches=test_batches, samples=args.samples,
-            latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
-            seed=args.seed)
-    except (ValueError, LookupError, FileNotFoundError) as error:
-        parser.error(str(error))
+    budgets = parse_budgets(args.budgets)
+    if args.fast:
+        space_file, epochs = TINY_SPACE, args.epochs or 1
+        table = ensure_table(space_file, args.table or out / "tiny_edgetpu.json",
+                             measured=False)
+        dm = SyntheticDataModule(num_samples=512, batch_size=32, data_seed=args.seed)
+        limit, recal, test_batches = args.limit_train_batches or 8, 4, args.test_batches
+    else:
+        space_file, epochs = FMNIST_SPACE, args.epochs or 2
+        table = ensure_table(space_file, args.table or FMNIST_TABLE, progress=progress,
+                             allow_foreign=args.allow_foreign_table)
+        dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=64,
+                                    data_seed=args.seed)
+        limit, recal, test_batches = args.limit_train_batches or 30, 20, args.test_batches
+    print(f"search: {space_file.name}, {epochs} epoch(s) x {limit} batches, table {table}")
+    search, ckpt = run_search(space_file, table, dm, out, epochs=epochs,
+                              limit_train_batches=limit,
+                              limit_val_batches=max(2, limit // 4), progress=progress,
+                              seed=args.seed)
+    shipped = search.shipped()
+    print(f"checkpoint: {ckpt}\nshipped member: {shipped}")
+    result = export_family(
+        search, out / "export", dm, members=args.members, budgets=budgets,
+        metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
+        test_batches=test_batches, samples=args.samples,
+        latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
+        seed=args.seed)
     print(format_table(result.records, result.family.metric))
     print(f"family: {result.out}/family.pt  plot: {result.out}/pareto.png")
+    # the line a person reads first: what ships against what was asked
+    acc = search.trainer.callback_metrics.get("val/acc")
+    print("quickstart: " + result_line(search.shipping_budgets(), shipped,
+                                       None if acc is None else float(acc), str(ckpt)))
     return 0

@@ -19,6 +19,7 @@ Random draws come from a generator seeded by (seed, epoch, batch), so every rank
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -37,8 +38,13 @@ from costmodels import CostTable, ExpectedCost
 from nas.arch_params import ArchParameters, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
-from supernet import SearchSpace, SuperNet
+from nas.shipping import Budget, describe, ship, within
+from supernet import ArchConfig, SearchSpace, SuperNet
+from supernet.fused import kernels
 
+# the table a checkpoint carries, while `load_search` builds the module from it
+_CARRIED_TABLE: contextvars.ContextVar[CostTable | None] = contextvars.ContextVar(
+    "carried_cost_table", default=None)
 CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
             "(e.g. runs/hwnas/<run>/checkpoints/last.ckpt)")
 
@@ -68,6 +74,7 @@ class SupernetSearch(L.LightningModule):
         grad_clip: float = 5.0,
         max_bad_steps: int = 10,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -77,9 +84,10 @@ class SupernetSearch(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.search_space = SearchSpace.from_yaml(space)
-        table = CostTable.load(cost_table)
+        # `load_search` hands over the table a checkpoint carries: its file may be gone
+        table = _CARRIED_TABLE.get() or CostTable.load(cost_table)
         table.check_covers(self.search_space)
-        self.table_id = table.id
+        self.table, self.table_id = table, table.id
         with torch.random.fork_rng(devices=[]):  # the initial weights follow `seed` alone
             torch.manual_seed(seed)
             self.net = SuperNet(self.search_space)
@@ -147,6 +155,12 @@ class SupernetSearch(L.LightningModule):
             self.arch_step(a_opt, *batch["search"], gen)
 
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        # the fused quantizers as compiled kernels: a minute to build once, then faster
+        with kernels(compiled=self.hparams.compile):
+            self._weights_step(opt, x, y, gen)
+
+    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                      ) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         relaxed = {k: p.detach() for k, p in
@@ -174,6 +188,10 @@ class SupernetSearch(L.LightningModule):
         self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        with kernels(compiled=self.hparams.compile):
+            self._arch_step(opt, x, y, gen)
+
+    def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
         probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
@@ -281,7 +299,7 @@ class SupernetSearch(L.LightningModule):
     # -- validation: the current argmax member, as a user would deploy it ----------------------
     def on_validation_epoch_start(self) -> None:
         self.sync_bn_statistics()
-        self.val_arch = self.arch.argmax()
+        self.val_arch = self.shipped()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -300,17 +318,34 @@ class SupernetSearch(L.LightningModule):
         for acc in self.val_acc:
             acc.reset()
         for m, e in self.expected.items():
-            self.log(f"arch/argmax_{m}", e.concrete(self.val_arch))
+            self.log(f"arch/shipped_{m}", e.concrete(self.val_arch))
         for key, h in self.arch.entropy().items():
             self.log(f"alpha_entropy/{key}", h)
 
-    def final_summary(self) -> dict[str, float | str]:
-        """The argmax member, its table costs and the last validation accuracy."""
-        final = self.arch.argmax()
-        summary: dict[str, float | str] = {"final/arch": final.to_json()}
-        summary.update({f"final/{m}": e.concrete(final) for m, e in self.expected.items()})
+    def shipping_budgets(self) -> list[Budget]:
+        return [Budget(b.name, self.expected[b.name].concrete, b.budget, b.spec.equality)
+                for b in self.budgets]
+
+    @torch.no_grad()
+    def shipped(self) -> ArchConfig:
+        """The member that ships: α's most likely config that meets every budget, landing in
+        the band under the first (`nas.shipping`); validation and export use it."""
+        alpha = torch.cat([p.detach().flatten() for p in self.arch.parameters()])
+        cached = getattr(self, "_shipped", None)
+        if cached is None or not torch.equal(cached[0], alpha):  # α moved since the last call
+            self._shipped = (alpha, ship(self.search_space, self.arch.probs(),
+                                         self.shipping_budgets()))
+        return self._shipped[1]
+
+    def final_summary(self, shipped: ArchConfig) -> dict[str, float | str]:
+        """The shipped member, its table costs against each budget, the argmax member and the
+        last validation accuracy (of the shipped member)."""
+        summary: dict[str, float | str] = {"final/arch": shipped.to_json(),
+                                           "final/argmax": self.arch.argmax().to_json()}
+        summary.update({f"final/{m}": e.concrete(shipped) for m, e in self.expected.items()})
         for b in self.budgets:
             summary[f"final/budget_{b.name}"] = b.budget
+            summary[f"final/ratio_{b.name}"] = self.expected[b.name].concrete(shipped) / b.budget
             summary[f"final/lambda_{b.name}"] = float(b.lam)
         acc = self.trainer.callback_metrics.get("val/acc")
         if acc is not None:
@@ -320,10 +355,20 @@ class SupernetSearch(L.LightningModule):
     def on_fit_end(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        summary = self.final_summary()
+        shipped = self.shipped()
+        summary = self.final_summary(shipped)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(summary)
+        print(result_line(self.shipping_budgets(), shipped, summary.get("final/val_acc"),
+                          self.latest_checkpoint()))
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint file any checkpoint callback wrote (the one to resume from)."""
+        paths = [Path(p) for c in self.trainer.checkpoint_callbacks
+                 for p in (c.last_model_path, c.best_model_path) if p]
+        paths = [p for p in paths if p.is_file()]
+        return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -352,7 +397,9 @@ class SupernetSearch(L.LightningModule):
         checkpoint["hwnas"] = {
             "space": self.search_space.spec,
             "table_id": self.table_id,
+            "cost_table": self.table.to_dict(),  # content, so export and resume never re-read
             "argmax": self.arch.argmax().to_dict(),
+            "shipped": self.shipped().to_dict(),
             "bad_steps": self.bad_steps,
         }
 
@@ -363,6 +410,35 @@ class SupernetSearch(L.LightningModule):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")
         self.bad_steps = meta.get("bad_steps", 0)
+        self.check_carried_table(meta)
+
+    def check_carried_table(self, meta: dict) -> None:
+        """The table this module prices with must be the one the checkpoint was searched with."""
+        where = f"--cost_table {self.hparams.cost_table!r}"
+        carried = meta.get("cost_table")
+        if carried is None:
+            recorded = meta.get("table_id")
+            if recorded not in (None, self.table_id):
+                raise ValueError(f"checkpoint was searched with cost table {recorded}, but "
+                                 f"{where} is table {self.table_id}; pass the table it was "
+                                 "searched with")
+            warnings.warn(f"checkpoint carries no cost table (written by an older hwnas); "
+                          f"using {where} (table {self.table_id})", stacklevel=2)
+            return
+        searched = CostTable.from_dict(carried, "the checkpoint's cost table").id
+        if searched != self.table_id:
+            raise ValueError(f"{where} is cost table {self.table_id}, but the checkpoint was "
+                             f"searched with table {searched} (carried inside it); leave "
+                             "--cost_table out to use the carried table")
+
+
+def result_line(budgets: list[Budget], shipped: ArchConfig, val_acc: float | None,
+                checkpoint: str | None) -> str:
+    """The one line a search ends with: what ships against what was asked."""
+    status = "meets" if within(budgets, shipped) else "MISSES"
+    acc = "n/a" if val_acc is None else f"{val_acc:.4f}"
+    where = f"; checkpoint {checkpoint}" if checkpoint else ""
+    return f"shipped member {status} its budget: {describe(budgets, shipped)}; val acc {acc}{where}"
 
 
 def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
@@ -371,9 +447,23 @@ def _as_spec(spec: BudgetSpec | dict) -> BudgetSpec:
 
 def load_search(ckpt: str | Path, **overrides) -> SupernetSearch:
     """Load a search checkpoint on the CPU with ``weights_only`` (no code runs from the file)."""
-    saved = read_search_checkpoint(ckpt, CKPT_FIX)["hyper_parameters"]
+    checkpoint = read_search_checkpoint(ckpt, CKPT_FIX)
+    saved = checkpoint["hyper_parameters"]
     if "budget" not in saved and "budget" not in overrides:
         warnings.warn(f"{ckpt} does not record its budget (written by an older hwnas); "
                       "its family and export use the default budget", stacklevel=2)
-    return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                               **overrides)
+    carried = checkpoint["hwnas"].get("cost_table")
+    table = None
+    if "cost_table" not in overrides and carried is not None:
+        table = CostTable.from_dict(carried, f"{ckpt}: its cost table")
+    elif "cost_table" not in overrides and not Path(str(saved.get("cost_table"))).is_file():
+        raise FileNotFoundError(
+            f"{ckpt} carries no cost table (written by an older hwnas) and its table file "
+            f"{saved.get('cost_table')!r} is gone; pass the table it was searched with (id "
+            f"{checkpoint['hwnas'].get('table_id')})")
+    token = _CARRIED_TABLE.set(table)
+    try:
+        return SupernetSearch.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                   **overrides)
+    finally:
+        _CARRIED_TABLE.reset(token)

@@ -18,7 +18,7 @@ from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from nas.callbacks import AlphaHistory
+from nas.callbacks import AlphaHistory, LatestCheckpoint
 from nas.checkpoint_io import read_search_checkpoint
 from nas.data import SplitDataModule
 from nas.search import SupernetSearch
@@ -66,13 +66,33 @@ class SearchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
+        parser.add_argument("--allow-foreign-table", type=bool, default=False,
+                            help="search with a measured table even if it describes another "
+                                 "machine or drifts beyond ±10%% here")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.set_defaults({
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # `last_checkpoint` writes last.ckpt every epoch
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch}-acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
         })
+
+
+    def before_instantiate_classes(self) -> None:
+        """A new search trusts a measured table only on the host it describes (a quick probe);
+        a resumed one keeps the table its checkpoint carries."""
+        cfg = self.config.get(self.subcommand) if self.subcommand else None
+        if self.subcommand != "fit" or cfg is None or cfg.get("ckpt_path"):
+            return
+        from costmodels import CostTable
+        from costmodels.host import require_host
+        from supernet import SearchSpace
+
+        model = cfg["model"]
+        require_host(CostTable.load(model["cost_table"]), SearchSpace.from_yaml(model["space"]),
+                     model["space"], allow_foreign=bool(cfg.get("allow_foreign_table")))
 
 
 class _DropTip(logging.Filter):

@@ -92,22 +92,26 @@ def read_wandb_summary(run_dir: Path) -> tuple[dict[str, Any], Path | None]:
 
 
 def from_checkpoint(path: Path) -> dict[str, Any]:
-    """Argmax config, last monitored accuracy and table costs from a search checkpoint (for runs
+    """Shipped config, last monitored accuracy and table costs from a search checkpoint (for runs
     that log no W&B summary)."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt.get("hwnas", {})
-    out: dict[str, Any] = {"arch": meta.get("argmax")}
+    out: dict[str, Any] = {"arch": meta.get("shipped", meta.get("argmax"))}
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
             out["val_acc"] = float(state["current_score"])
+    carried = meta.get("cost_table")  # older checkpoints: only the path of the table file
     table_file = ckpt.get("hyper_parameters", {}).get("cost_table")
-    if out["arch"] and meta.get("space") and table_file and Path(table_file).is_file():
+    if out["arch"] and meta.get("space") and (carried is not None or (
+            isinstance(table_file, str) and Path(table_file).is_file())):
         from costmodels import CostTable, table_cost
         from supernet import ArchConfig, SearchSpace
 
-        space, table = SearchSpace(meta["space"]), CostTable.load(table_file)
+        space = SearchSpace(meta["space"])
+        table = (CostTable.from_dict(carried, f"{path}: its cost table") if carried is not None
+                 else CostTable.load(table_file))
         arch = ArchConfig.from_dict(out["arch"])
         out["costs"] = {m: table_cost(space, table, arch, m) for m in table.metrics}
     return out

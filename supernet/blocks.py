@@ -19,8 +19,18 @@ from supernet.quant import ActQuantizer
 
 
 def mid_channels(in_width: Choice, expand: Choice, divisor: int) -> Choice:
-    """Expanded (hidden) channels of a block: ``make_divisible(in × expand)``, as in timm."""
-    return combine(in_width, expand, lambda w, e: make_divisible(w * e, divisor))
+    """Expanded (hidden) channels of a block: ``make_divisible(in × expand)``, as in timm.
+
+    For mixes, the joint `Mix` is computed once per pass and shared by the blocks that use it.
+    """
+    def joint() -> Choice:
+        return combine(in_width, expand, lambda w, e: make_divisible(w * e, divisor))
+
+    owner, other = (in_width, expand) if isinstance(in_width, Mix) else (expand, in_width)
+    if not isinstance(owner, Mix):
+        return joint()
+    key = ("mid", owner is in_width, id(other) if isinstance(other, Mix) else other, divisor)
+    return owner.cached(key, joint)
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supernet.mix import Choice, Mix, width_of
+from supernet.mix import Choice, Mix, choice_masks, width_of
 from supernet.quant import mixed_weight
 
 
 def kernel_mask(kernel: Mix, size: int, like: torch.Tensor) -> torch.Tensor:
     """Expected ``size``×``size`` mask: P(position lies in the chosen centred k×k window)."""
-    idx = torch.arange(size, device=like.device)
-    masks = []
-    for k in kernel.values:
-        lo = (size - int(k)) // 2
-        inside = (idx >= lo) & (idx < lo + int(k))
-        masks.append((inside[:, None] & inside[None, :]).to(like.dtype))
-    return torch.einsum("k,kij->ij", kernel.probs.to(like.dtype), torch.stack(masks))
+    def compute() -> torch.Tensor:
+        masks = choice_masks("window", tuple(kernel.values), size, like.device, like.dtype)
+        return (kernel.probs.to(like.dtype) @ masks).view(size, size)
+
+    return kernel.cached(("window", size, like.dtype), compute)
 
 
 def centre_crop(w: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,7 +49,10 @@ class ElasticConv2d(nn.Module):
     def _weight(self, cin: int, out: Choice, kernel: Choice, bits: Choice) -> torch.Tensor:
         w = mixed_weight(self.weight, bits)  # quantize first: the scale sees the whole tensor
         cout = cin if self.depthwise else width_of(out, self.weight.shape[0])
-        w = w[:cout] if self.depthwise else w[:cout, :cin]
+        if cout < w.shape[0]:  # slice only when smaller: a full slice costs a copy in backward
+            w = w[:cout]
+        if not self.depthwise and cin < w.shape[1]:
+            w = w[:, :cin]
         if isinstance(kernel, Mix):
             return w * kernel_mask(kernel, self.kernel_size, w)
         return centre_crop(w, int(kernel))
@@ -106,7 +107,8 @@ class ElasticLinear(nn.Linear):
     """Linear layer over the first ``C`` input features, ``C`` read off the input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+        w = self.weight if x.shape[1] == self.in_features else self.weight[:, : x.shape[1]]
+        return F.linear(x, w, self.bias)
 
     @torch.no_grad()
     def static(self, cin: int) -> nn.Linear:

@@ -6,9 +6,10 @@ or a `Mix` (run at full size and weigh by the probabilities, so gradients reach 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,10 +18,21 @@ from supernet.arch import Number
 
 @dataclass(frozen=True)
 class Mix:
-    """Probabilities ``probs[i]`` of choosing ``values[i]``."""
+    """Probabilities ``probs[i]`` of choosing ``values[i]``.
+
+    ``derived`` caches what layers compute from the probabilities alone (channel and kernel
+    masks, joint mixes), so each is computed once per pass, however many layers use it.
+    """
 
     probs: torch.Tensor
     values: tuple[Number, ...]
+    derived: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def cached(self, key: tuple, compute: Callable[[], object]):
+        """``compute()`` the first time ``key`` is asked for, the stored result afterwards."""
+        if key not in self.derived:
+            self.derived[key] = compute()
+        return self.derived[key]
 
 
 Choice = Number | Mix
@@ -42,13 +54,28 @@ def as_mix(c: Choice, like: torch.Tensor) -> Mix:
     return c if isinstance(c, Mix) else Mix(torch.ones(1).to(like), (c,))
 
 
+@functools.lru_cache(maxsize=512)
+def choice_masks(kind: str, values: tuple[Number, ...], size: int, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Constant 0/1 masks, one row per value: ``prefix`` — the first ``v`` of ``size``
+    channels; ``window`` — the centred ``v``×``v`` window of a ``size``×``size`` kernel."""
+    idx = torch.arange(size)
+    if kind == "prefix":
+        rows = [idx < int(v) for v in values]
+    else:
+        rows = []
+        for k in values:
+            lo = (size - int(k)) // 2
+            inside = (idx >= lo) & (idx < lo + int(k))
+            rows.append((inside[:, None] & inside[None, :]).flatten())
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
 def prefix_mask(width: Mix, size: int) -> torch.Tensor:
     """Expected channel mask ``m[c] = P(width > c)`` over ``size`` channels (FBNetV2-style)."""
-    masks = torch.stack([
-        (torch.arange(size, device=width.probs.device) < w).to(width.probs.dtype)
-        for w in width.values
-    ])
-    return width.probs @ masks
+    p = width.probs
+    return width.cached(("prefix", size), lambda: p @ choice_masks(
+        "prefix", tuple(width.values), size, p.device, p.dtype))
 
 
 def width_of(c: Choice, size: int) -> int:
@@ -65,4 +92,7 @@ def apply_width(x: torch.Tensor, width: Choice) -> torch.Tensor:
 
 def mix_outputs(choice: Mix, outputs: list[torch.Tensor]) -> torch.Tensor:
     """Probability-weighted sum of one output per choice."""
-    return sum(p * y for p, y in zip(choice.probs, outputs, strict=True))
+    total = choice.probs[0] * outputs[0]
+    for p, y in zip(choice.probs[1:], outputs[1:], strict=True):
+        total = total + p * y
+    return total

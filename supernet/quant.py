@@ -12,14 +12,25 @@ import math
 import torch
 from torch import nn
 
+from supernet.fused import FLOAT_BITS, MIN_STEP, mixed_act_quant, mixed_weight_quant
 from supernet.mix import Choice, Mix
 
-FLOAT_BITS = 32
+
+class _RoundSTE(torch.autograd.Function):
+    """Round in the forward pass (exactly onto the integer grid), identity in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity in the backward pass."""
-    return x + (x.round() - x).detach()
+    return _RoundSTE.apply(x)
 
 
 def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -38,9 +49,15 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def mixed_weight(w: torch.Tensor, bits: Choice) -> torch.Tensor:
-    """The weight at a concrete bit-width, or the probability-weighted sum over bit-widths."""
+    """The weight at a concrete bit-width, or the probability-weighted sum over bit-widths
+    (one fused op; `mixed_weight_reference` is the same sum written out)."""
     if not isinstance(bits, Mix):
         return quantize_weight(w, int(bits))
+    return mixed_weight_quant(w, bits.probs, bits.values)
+
+
+def mixed_weight_reference(w: torch.Tensor, bits: Mix) -> torch.Tensor:
+    """Σ_b p_b·quantize_weight(w, b), one quantizer per bit-width: the reference."""
     return sum(p * quantize_weight(w, int(b)) for p, b in zip(bits.probs, bits.values, strict=True))
 
 
@@ -76,7 +93,7 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor
         return x
     qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     g = 1.0 / math.sqrt(max(x[0].numel(), 1) * qp)
-    return _LSQ.apply(x, step.abs().clamp_min(1e-8), qn, qp, g)
+    return _LSQ.apply(x, step.abs().clamp_min(MIN_STEP), qn, qp, g)
 
 
 def initial_step(bits: int) -> float:
@@ -95,6 +112,13 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor, bits: Choice) -> torch.Tensor:
         if not isinstance(bits, Mix):
             return self._at(x, int(bits))
+        steps = self.step
+        if tuple(bits.values) != self.bit_choices:
+            steps = steps[[self.bit_choices.index(int(b)) for b in bits.values]]
+        return mixed_act_quant(x, steps, bits.probs, bits.values)
+
+    def reference(self, x: torch.Tensor, bits: Mix) -> torch.Tensor:
+        """Σ_b p_b·LSQ_b(x), one quantizer per bit-width: what `forward` fuses."""
         return sum(p * self._at(x, int(b)) for p, b in zip(bits.probs, bits.values, strict=True))
 
     def _at(self, x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -104,7 +128,7 @@ class ActQuantizer(nn.Module):
         """A fixed quantizer for an extracted network (or identity at 32 bits)."""
         if bits >= FLOAT_BITS:
             return nn.Identity()
-        step = self.step[self.bit_choices.index(bits)].detach().abs().clamp_min(1e-8)
+        step = self.step[self.bit_choices.index(bits)].detach().abs().clamp_min(MIN_STEP)
         return FakeQuantAct(float(step), bits)
 
 

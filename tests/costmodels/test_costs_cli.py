@@ -32,10 +32,17 @@ def test_build_measured_and_check(tmp_path, capsys):
     assert main(["build", "--space", TINY, "--target", "cpu", "--out", str(out),
                  "--warmup", "1", "--repeats", "3"]) == 0
     assert main(["check", "--space", TINY, "--table", str(out), "--samples", "2",
-                 "--fit-samples", "3", "--repeats", "3", "--out", str(tmp_path / "fid")]) == 0
+                 "--fit-samples", "3", "--repeats", "3", "--out", str(tmp_path / "fid"),
+                 "--allow-foreign-table",  # the probe's verdict is timing: not asserted
+                 "--write-corrected", str(tmp_path / "corrected.json")]) == 0
     assert "MAPE" in capsys.readouterr().out
     report = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert report["additive"]["n"] == 4 and (tmp_path / "fid" / "fidelity.png").is_file()
+    assert set(report["models"]) >= {"table + overhead", "learned MLP on table features",
+                                     "analytic roofline (fitted)"}
+    corrected = CostTable.load(tmp_path / "corrected.json")
+    assert corrected.entries == CostTable.load(out).entries
+    assert corrected.correction["latency_ms"]["a"] == pytest.approx(report["correction"]["a"])
 
 
 def test_import_csv_checks_coverage(tmp_path):

@@ -90,3 +90,44 @@ def test_another_spaces_table_is_refused(tiny, tiny_table):
 
     with pytest.raises(TableError, match="built for space"):
         ExpectedCost(SearchSpace({**tiny.spec, "num_classes": 7}), tiny_table)
+
+
+def test_the_network_overhead_is_added_once(tiny, tiny_table):
+    from costmodels import CostTable, OpSignature
+    from supernet.layers import describe_layers
+
+    with_overhead = CostTable(tiny_table.entries, tiny_table.meta, {"latency_ms": 0.25})
+    cost = ExpectedCost(tiny, with_overhead, "latency_ms")
+    arch = tiny.largest()
+    layers = sum(tiny_table.lookup(OpSignature.from_shape(layer), "latency_ms")
+                 for layer in describe_layers(tiny, arch))
+    assert table_cost(tiny, with_overhead, arch) == pytest.approx(layers + 0.25)
+    assert cost(tiny.one_hot(arch)).item() == cost.concrete(arch) == \
+        table_cost(tiny, with_overhead, arch)
+    assert with_overhead.id != tiny_table.id  # the overhead is part of the table's content
+    # peak memory is a max over layers: no overhead there
+    assert with_overhead.network_overhead("peak_activation_bytes") == 0.0
+
+
+def test_a_fitted_correction_applies_inside_the_expected_cost(tiny, tiny_table):
+    from costmodels import CostTable
+    from supernet.layers import describe_layers
+
+    corr = {"latency_ms": {"a": 0.6, "b": 0.002, "c": 0.01}}
+    corrected = CostTable(tiny_table.entries, tiny_table.meta, {"latency_ms": 0.1}, corr)
+    assert CostTable.from_dict(corrected.to_dict()).id == corrected.id != tiny_table.id
+    cost = ExpectedCost(tiny, corrected, "latency_ms")
+    rng = random.Random(2)
+    for arch in [tiny.largest(), tiny.smallest()] + [tiny.sample(rng) for _ in range(20)]:
+        plain = table_cost(tiny, tiny_table, arch)
+        want = 0.6 * (plain + 0.1) + 0.002 * len(describe_layers(tiny, arch)) + 0.01
+        assert table_cost(tiny, corrected, arch) == pytest.approx(want)
+        assert cost(tiny.one_hot(arch)).item() == pytest.approx(cost.concrete(arch), rel=1e-12)
+        assert cost.concrete(arch) == table_cost(tiny, corrected, arch)
+    probs = _interior(tiny, 0, requires_grad=True)
+    cost(probs).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for k, p in probs.items()
+               if k.endswith(("width", "depth")))
+    # memory metrics take no correction
+    assert ExpectedCost(tiny, corrected, "weight_bytes").concrete(tiny.largest()) == \
+        table_cost(tiny, tiny_table, tiny.largest(), "weight_bytes")

@@ -148,3 +148,22 @@ def test_a_search_prints_no_library_notices(tiny_table, tmp_path):
     for notice in ("args parameter is intended", "litlogger", "LeafSpec", "anonymous setting",
                    "Cosine annealing scheduler"):
         assert notice not in output, notice
+
+
+def test_a_search_refuses_a_table_measured_on_another_machine(tmp_path, capsys):
+    from dataclasses import replace
+
+    from costmodels import CostTable, build_measured_table
+    from supernet import SearchSpace
+
+    tiny = str(REPO / "configs/spaces/tiny.yaml")
+    table = build_measured_table(SearchSpace.from_yaml(tiny), "cpu", warmup=1, repeats=2,
+                                 progress=False, clock="thread", space_file=tiny)
+    host = {**table.meta.host, "cpu": "Imaginary CPU 9000"}
+    CostTable(table.entries, replace(table.meta, host=host), table.overhead).save(
+        tmp_path / "foreign.json")
+    argv = search_args(str(tmp_path / "foreign.json"), tmp_path)
+    line = one_error_line(capsys, argv + ["--model.budget.fraction=0.6"], "Imaginary CPU 9000",
+                          "hwnas costs build", "--allow-foreign-table")
+    assert line.startswith("hwnas search: error: cost table")
+    assert main(argv + ["--model.budget.fraction=0.6", "--allow-foreign-table=true"]) == 0

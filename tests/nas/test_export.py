@@ -185,4 +185,9 @@ def test_quickstart_fast_smoke_run(tmp_path, capsys):
     assert quickstart_command(argv) == 0
     assert (tmp_path / "export" / "family.pt").is_file()
     assert (tmp_path / "search.ckpt").is_file() and (tmp_path / "alpha.json").is_file()
-    assert "front" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "front" in out
+    last = out.strip().splitlines()[-1]  # what ships against what was asked, read first
+    assert last.startswith("quickstart: shipped member meets its budget: latency_ms "), last
+    ratio = float(last.split("(")[1].split("x")[0])
+    assert ratio <= 1.0, last  # a ceiling is never exceeded by what ships

@@ -120,3 +120,22 @@ def test_sigkill_then_resume_finishes(tiny_table, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(last, weights_only=True)
     assert final["epoch"] == 4  # the epoch counter after all four epochs
+
+
+def test_last_checkpoint_follows_every_epoch_whatever_the_metric_did(tiny_table, tmp_path):
+    """Lightning writes `save_last` only beside a new top-k checkpoint; ours is the latest."""
+    from nas.callbacks import LatestCheckpoint
+
+    class Worsening(L.Callback):  # val/acc falls every epoch: no new top-1 after epoch 0
+        def on_validation_end(self, trainer, module):
+            trainer.callback_metrics["val/acc"] = torch.tensor(1.0 - trainer.current_epoch / 10)
+
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
+        callbacks=[Worsening(), best, LatestCheckpoint(str(tmp_path))])
+    trainer.fit(make(tiny_table, set()), SyntheticDataModule(num_samples=384, batch_size=32))
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["global_step"] == trainer.global_step and last["epoch"] == 3
+    assert "epoch=0" in best.best_model_path  # the monitored checkpoint stayed at epoch 0

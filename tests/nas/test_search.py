@@ -120,7 +120,7 @@ def non_default_arguments(table: str) -> dict:
         relaxation="softmax", tau_start=4.0, tau_end=0.25, cost_tau_end=0.2, warmup_epochs=0,
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
-        grad_clip=3.0, max_bad_steps=7, seed=11)
+        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True)
 
 
 def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):

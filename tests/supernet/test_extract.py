@@ -58,6 +58,9 @@ def test_extracted_member_has_no_elastic_machinery_and_really_is_smaller(fmnist_
 
 
 def test_relaxed_forward_with_one_hot_probabilities_equals_the_concrete_forward(space):
+    # seeded: on rare inputs a last-ulp difference between the full-width and the sliced
+    # convolution moves a value across a quantizer's rounding boundary
+    torch.manual_seed(0)
     net = randomize_(SuperNet(space))
     x = torch.randn(6, space.input_channels, space.input_size, space.input_size)
     rng = random.Random(1)

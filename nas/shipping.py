@@ -1,0 +1,133 @@
+"""The member that ships: α's most likely config that meets every budget.
+
+The search's argmax can end a few percent over a ceiling or well under it (the table's cost
+steps are coarse where α is undecided). The shipped member is therefore an explicit projection:
+among configs near the argmax, the one with the highest log-probability under softmax(α) that
+meets every budget, preferring, for the first budget, a cost inside its band — [0.98, 1.00]×B
+for a ceiling, ±2% for an equality target. A beam search over one-decision changes finds it;
+it never returns a config over a ceiling when one under it exists (the cheapest config is
+a start of the search).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from nas.budget import cheapest_config
+from nas.family import argmax_config
+from supernet import ArchConfig, SearchSpace
+
+BAND = 0.02  # relative width of the band a shipped cost should land in
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget as the projection sees it: a cost function, its limit, and its kind."""
+
+    metric: str
+    cost: Callable[[ArchConfig], float]
+    limit: float
+    equality: bool = False
+
+    def ratio(self, arch: ArchConfig) -> float:
+        return self.cost(arch) / self.limit
+
+    def violation(self, arch: ArchConfig) -> float:
+        """How far outside what is allowed (0 when allowed): above a ceiling, or outside the
+        ±2% band of a target."""
+        r = self.ratio(arch)
+        return max(0.0, abs(r - 1) - BAND) if self.equality else max(0.0, r - 1)
+
+    def shortfall(self, arch: ArchConfig) -> float:
+        """How far under the band a ceiling's cost is (0 inside it)."""
+        return 0.0 if self.equality else max(0.0, 1 - BAND - self.ratio(arch))
+
+
+def log_prob(log_probs: Mapping[str, torch.Tensor], space: SearchSpace, arch: ArchConfig) -> float:
+    return sum(float(log_probs[d.key][d.choices.index(arch[d.key])]) for d in space.decisions)
+
+
+def neighbours(space: SearchSpace, arch: ArchConfig):
+    """Every config that differs from ``arch`` in one decision."""
+    values = arch.to_dict()
+    for d in space.decisions:
+        for c in d.choices:
+            if c != values[d.key]:
+                yield ArchConfig.from_dict({**values, d.key: c})
+
+
+def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequence[Budget],
+            start: ArchConfig, extra_starts: Sequence[ArchConfig] = (), beam: int = 8,
+            patience: int = 4) -> ArchConfig:
+    """The config to ship: lexicographically, the least budget violation, then (first budget)
+    the least shortfall under its band, then the highest log-probability under ``probs``.
+    The beam starts from ``start`` (α's argmax) and ``extra_starts`` (e.g. the family path's
+    configs on either side of the budget)."""
+    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    memo: dict[ArchConfig, tuple[float, float, float]] = {}
+
+    def score(arch: ArchConfig) -> tuple[float, float, float]:
+        if arch not in memo:
+            memo[arch] = (sum(b.violation(arch) for b in budgets),
+                          budgets[0].shortfall(arch) if budgets else 0.0,
+                          -log_prob(log_probs, space, arch))
+        return memo[arch]
+
+    frontier = list(dict.fromkeys([start, *extra_starts]))
+    best, stale = min(frontier, key=score), 0
+    while stale < patience:  # stop after `patience` rounds that found nothing better
+        seen = set(memo)
+        candidates = {n for a in frontier for n in neighbours(space, a) if n not in seen}
+        if not candidates:
+            break
+        # explore by distance to the band from either side; keep the best by feasibility first
+        frontier = sorted(candidates, key=lambda a: (score(a)[0] + score(a)[1], score(a)[2]))
+        frontier = frontier[:beam]
+        improved = min(frontier, key=score)
+        if score(improved) < score(best):
+            best, stale = improved, 0
+        else:
+            stale += 1
+    return best
+
+
+def ship(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequence[Budget],
+         samples: int = 256, seed: int = 0) -> ArchConfig:
+    """`project` from α's argmax and from the configs nearest the band among ``samples``
+    drawn half from softmax(α), half uniformly (a seeded draw: the same α ships the same
+    member). Local moves alone stall between the table's cost steps; these starts spread over
+    the cost range."""
+    start = argmax_config(space, probs)
+    if not budgets:
+        return start
+    gen = torch.Generator().manual_seed(seed)
+    drawn = [ArchConfig(tuple(
+        (d.key, d.choices[int(torch.multinomial(probs[d.key].detach().double().cpu()
+                                                if i % 2 else torch.ones(len(d.choices),
+                                                                         dtype=torch.float64),
+                                                1, generator=gen))])
+        for d in space.decisions)) for i in range(samples)]
+    first = budgets[0]
+    nearest = sorted(set(drawn), key=lambda a: first.violation(a) + first.shortfall(a))
+    # the cheapest config of each budget: a start that meets the ceiling whenever one can
+    cheapest = [cheapest_config(space, b.cost) for b in budgets]
+    return project(space, probs, budgets, start, nearest[:8] + cheapest)
+
+
+def describe(budgets: Sequence[Budget], arch: ArchConfig) -> str:
+    """``"latency_ms 3.31 / 3.36 (0.985x, ceiling)"`` for each budget, joined by ``"; "``."""
+    parts = []
+    for b in budgets:
+        kind = "target" if b.equality else "ceiling"
+        cost = b.cost(arch)
+        parts.append(f"{b.metric} {cost:.4g} / {b.limit:.4g} ({cost / b.limit:.3f}x, {kind})")
+    return "; ".join(parts) if parts else "no budget"
+
+
+def within(budgets: Sequence[Budget], arch: ArchConfig) -> bool:
+    """Every budget met (ceilings not exceeded, targets within ±2%)."""
+    return all(math.isclose(b.violation(arch), 0.0, abs_tol=1e-12) for b in budgets)

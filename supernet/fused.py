@@ -1,0 +1,195 @@
+"""Fused mixed-precision fake quantizers: Σ_b p_b·Q_b(x) as one autograd op.
+
+The relaxed network mixes every candidate bit-width (EdMIPS). Written as one quantizer per
+bit-width and a weighted sum, each activation costs a dozen autograd nodes and a saved copy per
+bit-width; it dominated the relaxed step. Here the sum is one `torch.autograd.Function` whose
+backward returns the gradients of ``x``, of every probability ``p_b`` and of every learned step
+``s_b`` in one call, saving only ``x``. The kernels are plain torch ops (any device, the exact
+reference values); `use_compiled_kernels` swaps in a `torch.compile`d build of the same
+kernels that fuses each into one loop over the tensor (needs a C++ compiler on CPU, Triton on
+CUDA; compiled once per process, shapes dynamic); `kernels` scopes that choice to a block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+FLOAT_BITS = 32
+MIN_STEP = 1e-8  # floor of a learned activation step, so x/s stays finite
+
+
+def _bounds(bits: int) -> tuple[int, int]:
+    """Signed integer range (−qn, qp) of ``bits``-bit codes."""
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+# -- activations (LSQ, learned step per bit-width) ---------------------------------------------
+def act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b p_b · s_b·clamp(round(x/s_b), −qn, qp) with s_b = max(|steps_b|, MIN_STEP); 32 bits
+    contributes p_b·x. The reference's float ops in its order, so the values are identical."""
+    steps = steps.abs().clamp_min(MIN_STEP)
+    out = None
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            term = probs[i] * x
+        else:
+            qn, qp = _bounds(b)
+            term = torch.div(x, steps[i]).round_().clamp_(-qn, qp).mul_(steps[i]).mul_(probs[i])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                 bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of x (straight-through inside each range, weighed by p_b), of the steps (LSQ,
+    scaled by 1/sqrt(numel per sample · qp)) and of the probabilities (⟨grad, Q_b(x)⟩)."""
+    per_sample = x[0].numel()
+    raw, steps = steps, steps.abs().clamp_min(MIN_STEP)
+    slope, d_steps, d_probs = None, [], []
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            d_probs.append((grad * x).sum())
+            d_steps.append(torch.zeros_like(steps[i]))
+            inside = probs[i]
+        else:
+            qn, qp = _bounds(b)
+            scaled = torch.div(x, steps[i])
+            clipped = scaled.clamp(-qn, qp)
+            keep = clipped == scaled  # inside the range: straight-through
+            codes = clipped.round_()
+            d_probs.append((grad * codes).sum() * steps[i])  # ⟨grad, Q_b(x)⟩
+            # d(s·q)/ds = q − x/s inside the range, the bound outside (LSQ); p_b weighs it
+            d_step = (grad * codes.sub_(scaled.mul_(keep))).sum()
+            d_steps.append(d_step * probs[i] / math.sqrt(per_sample * qp))
+            inside = keep * probs[i]
+        slope = inside if slope is None else slope + inside
+    # through |s| and the floor, as autograd differentiates abs() and clamp_min()
+    d_raw = torch.stack(d_steps) * raw.sgn() * (raw.abs() >= MIN_STEP)
+    return grad * slope, d_raw, torch.stack(d_probs)
+
+
+# -- weights (per-output-channel symmetric, scale from the channel's max magnitude) -------------
+def weight_forward(w: torch.Tensor, probs: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b p_b · Q_b(w); the same values as `supernet.quant.quantize_weight` per bit-width."""
+    out = None
+    peak = None
+    for i, b in enumerate(bits):
+        if b >= FLOAT_BITS:
+            term = probs[i] * w
+        else:
+            if peak is None:
+                peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
+            scale = peak / _bounds(b)[1]
+            term = torch.div(w, scale).round_().mul_(scale).mul_(probs[i])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+                    bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂/∂w = grad·Σ_b p_b (straight-through rounding, the scale a constant of the step);
+    ∂/∂p_b = ⟨grad, Q_b(w)⟩."""
+    peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
+    d_probs = []
+    for b in bits:
+        if b >= FLOAT_BITS:
+            d_probs.append((grad * w).sum())
+        else:
+            scale = peak / _bounds(b)[1]
+            d_probs.append((grad * torch.div(w, scale).round_().mul_(scale)).sum())
+    return grad * probs.sum(), torch.stack(d_probs)
+
+
+# -- the autograd ops -----------------------------------------------------------------------------
+KERNELS = ("act_forward", "act_backward", "weight_forward", "weight_backward")
+
+
+class _Kernels:
+    """The kernels in use: eager by default, `torch.compile`d after `use_compiled_kernels`."""
+
+    eager = {name: globals()[name] for name in KERNELS}
+    compiled: dict[str, Callable] = {}
+    active = eager
+    on = False
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Run the fused quantizers' kernels through `torch.compile` (one fused loop each, compiled
+    on first use per process, any shape) or eagerly (the default)."""
+    if enabled and not _Kernels.compiled:
+        _Kernels.compiled = {name: torch.compile(fn, dynamic=True)
+                             for name, fn in _Kernels.eager.items()}
+    _Kernels.active = _Kernels.compiled if enabled else _Kernels.eager
+    _Kernels.on = enabled
+
+
+def compiled_kernels() -> bool:
+    """Whether the fused quantizers run compiled kernels."""
+    return _Kernels.on
+
+
+@contextlib.contextmanager
+def kernels(compiled: bool) -> Iterator[None]:
+    """Run the fused quantizers with compiled (or eager) kernels inside the block only."""
+    before = _Kernels.on
+    use_compiled_kernels(compiled)
+    try:
+        yield
+    finally:
+        use_compiled_kernels(before)
+
+
+class MixedActQuant(torch.autograd.Function):
+    """Σ_b p_b·LSQ_b(x): one node, one saved tensor (``x``), all gradients in one backward."""
+
+    @staticmethod
+    def forward(ctx, x, steps, probs, bits: tuple[int, ...]):
+        ctx.save_for_backward(x, steps, probs)
+        ctx.bits = bits
+        return _Kernels.active["act_forward"](x, steps, probs, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, steps, probs = ctx.saved_tensors
+        d_x, d_steps, d_probs = _Kernels.active["act_backward"](grad, x, steps, probs, ctx.bits)
+        return d_x, d_steps, d_probs, None
+
+
+class MixedWeightQuant(torch.autograd.Function):
+    """Σ_b p_b·Q_b(w) with straight-through rounding: ∂/∂w = Σ_b p_b, ∂/∂p_b = ⟨grad, Q_b(w)⟩
+    (the scale is a constant of the step, as in `quantize_weight`)."""
+
+    @staticmethod
+    def forward(ctx, w, probs, bits: tuple[int, ...]):
+        ctx.save_for_backward(w, probs)
+        ctx.bits = bits
+        # a detached view: compiled kernels keep one build for every shape (parameters' shapes
+        # would be specialised)
+        return _Kernels.active["weight_forward"](w.detach() if _Kernels.on else w, probs, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, probs = ctx.saved_tensors
+        w = w.detach() if _Kernels.on else w
+        d_w, d_probs = _Kernels.active["weight_backward"](grad, w, probs, ctx.bits)
+        return d_w, d_probs, None
+
+
+def mixed_act_quant(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                    bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b probs[b]·LSQ(x, |steps[b]|, bits[b]): ``steps`` are the learned step sizes, one per
+    bit-width (the entry of 32 bits is unused), used by magnitude, at least ``MIN_STEP``."""
+    probs = probs if probs.dtype == x.dtype else probs.to(x.dtype)
+    return MixedActQuant.apply(x, steps, probs, tuple(int(b) for b in bits))
+
+
+def mixed_weight_quant(w: torch.Tensor, probs: torch.Tensor,
+                       bits: tuple[int, ...]) -> torch.Tensor:
+    """Σ_b probs[b]·quantize_weight(w, bits[b]) as one op."""
+    probs = probs if probs.dtype == w.dtype else probs.to(w.dtype)
+    return MixedWeightQuant.apply(w, probs, tuple(int(b) for b in bits))
