@@ -10,7 +10,7 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # Reinstall only when the package metadata, the pins or the set of top-level packages change.
 STAMP := $(VENV)/.hwnas-installed
 INSTALL_INPUTS := setup.cfg pyproject.toml constraints.txt \
-	$(wildcard supernet/__init__.py nas/__init__.py costmodels/__init__.py)
+	$(wildcard supernet/__init__.py nas/__init__.py costmodels/__init__.py deploy/__init__.py)
 
 .PHONY: install data quickstart test lint
 

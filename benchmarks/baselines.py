@@ -35,8 +35,8 @@ from benchmarks.training import (
     train_from_scratch,
 )
 from costmodels import measure_networks, table_cost
+from deploy import FamilyRuntime
 from supernet import ArchConfig, SearchSpace
-from supernet.runtime import FamilyRuntime
 
 NAME = "baselines"
 TIMM_MODELS = {True: ("mobilenetv3_small_050",),

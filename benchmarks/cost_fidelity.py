@@ -6,7 +6,7 @@ thread, the table's clock, entries re-timed in the same rounds): MAPE, Kendall Ï
 Â±10%, and the roofline, learned and linear-correction models judged on held-out members.
 
 Switching: `FamilyRuntime.set_member` (a reference swap among pre-extracted members) against
-loading one member from the export on disk (`supernet.runtime.load_member`), each timed many
+loading one member from the export on disk (`deploy.load_member`), each timed many
 times in alternation; also each followed by one batch-1 inference.
 """
 
@@ -24,7 +24,7 @@ from benchmarks.common import load_space, load_table, options, write_result
 from benchmarks.training import shared_search
 from costmodels import check_fidelity
 from costmodels.profile import torch_threads
-from supernet.runtime import FamilyRuntime, load_member
+from deploy import FamilyRuntime, load_member
 
 NAME = "cost_fidelity"
 # (test members, fit members, warm-up rounds, timed rounds)

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import datamodule, options, pyplot, write_result
 from benchmarks.training import shared_search
-from supernet.runtime import FamilyRuntime
+from deploy import FamilyRuntime
 
 NAME = "early_exit"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, math.inf)

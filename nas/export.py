@@ -4,11 +4,14 @@ the Pareto front — written into a temporary directory and renamed into place a
 Layout of ``out``::
 
     family.pt                      shared weights, member configs, per-member BN statistics,
-                                   costs, α, space spec and table id (weights-only loadable)
+                                   costs, α, space spec and table id (`deploy.write_family`)
     members/<name>/model.pt        the extracted member's state_dict
-    members/<name>/config.json     config, space, costs, accuracy, latency, ONNX check
-    members/<name>/model.onnx      the member in ONNX, checked against torch with onnxruntime
+    members/<name>/model.onnx      the member as an integer ONNX QDQ model (`deploy.lower_member`)
+    members/<name>/config.json     config, space, costs, accuracy, latency, per-layer bits and
+                                   bytes, the ONNX check (`deploy.write_member`)
     pareto.json, pareto.png        accuracy vs cost of every member (and sampled configs)
+
+The search side (family, evaluation, Pareto front) lives here; what ships is `deploy`'s.
 """
 
 from __future__ import annotations
@@ -21,24 +24,19 @@ import random
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from costmodels import CostTable
+from deploy import FamilyFile, MemberRecord, trained_weight_quant, write_family, write_member
 from nas.family import Family, family_from_search, parse_budgets
 from nas.pareto import MEASURED, format_table, plot_pareto, write_pareto_json
 from nas.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
-from supernet.runtime import FAMILY_FORMAT, FAMILY_VERSION
-
-ONNX_OPSET = 17
 
 
 @dataclass
@@ -47,45 +45,6 @@ class ExportResult:
     family: Family
     records: list[dict[str, Any]]
     logged_artifact: bool = False
-
-
-def export_onnx(module: nn.Module, path: Path, input_shape: Sequence[int],
-                exit_stages: Sequence[int], seed: int = 0) -> dict[str, Any]:
-    """Write ``module`` (a list of exit logits per forward) to ONNX with a dynamic batch and
-    return the exporter used and the max abs difference to torch under onnxruntime."""
-    import onnxruntime as ort
-
-    module = module.eval()
-    outputs = [f"exit{s}" for s in exit_stages]
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(seed))
-    axes = {name: {0: "batch"} for name in ["input", *outputs]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy
-        try:
-            torch.onnx.export(module, (x,), str(path), input_names=["input"],
-                              output_names=outputs, dynamic_axes=axes, opset_version=ONNX_OPSET,
-                              dynamo=False)
-            exporter = "torchscript"
-        except Exception as legacy_error:  # the legacy exporter may be gone in later torch
-            try:
-                import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
-            except ImportError:
-                raise RuntimeError(f"ONNX export failed ({legacy_error}) and the torch.export-"
-                                   "based exporter needs onnxscript: `pip install onnxscript`, "
-                                   "or export with --no-onnx") from legacy_error
-            batch = torch.export.Dim("batch")
-            torch.onnx.export(module, (x,), str(path), input_names=["input"],
-                              output_names=outputs, dynamic_shapes=({0: batch},),
-                              opset_version=ONNX_OPSET, dynamo=True)
-            exporter = "dynamo"
-    check = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(seed + 1))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": check.numpy()})
-    with torch.no_grad():
-        want = module(check)
-    diff = max(float((torch.from_numpy(g) - w).abs().max()) for g, w in
-               zip(got, want, strict=True))
-    return {"file": path.name, "exporter": exporter, "opset": ONNX_OPSET, "max_abs_diff": diff}
 
 
 @contextlib.contextmanager
@@ -134,7 +93,8 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   configs: Sequence[ArchConfig | Mapping] | None = None, recal_batches: int = 20,
                   test_batches: int | None = None, samples: int = 0,
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
-                  onnx: bool = True, progress: bool = True, seed: int = 0) -> ExportResult:
+                  onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
+                  seed: int = 0) -> ExportResult:
     """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``."""
     table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
@@ -156,24 +116,21 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
             ev = evaluate_member(net, m.config, train, test, **kw)
             rec = _record(m.name, "member", ev, m.costs)
             rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets)
-            mdir = tmp / "members" / m.name
-            mdir.mkdir(parents=True)
-            torch.save(ev.module.state_dict(), mdir / "model.pt")
-            if onnx:
-                rec["onnx"] = export_onnx(ev.module, mdir / "model.onnx", input_shape,
-                                          ev.module.exit_stages, seed)
-                rec["onnx_max_abs_diff"] = rec["onnx"]["max_abs_diff"]
-            meta = {**rec, "space": space.spec, "table_id": table.id,
-                    "exit_stages": list(ev.module.exit_stages),
-                    "input_shape": list(input_shape), "recal_batches": recal_batches}
-            (mdir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             costs = dict(m.costs)
             if ev.measured_latency_ms is not None:
                 costs[MEASURED] = ev.measured_latency_ms
-            entries.append({"name": m.name, "config": m.config.to_dict(), "costs": costs,
-                            "exit_costs": m.exit_costs, "bn": ev.bn_state,
-                            "accuracy": ev.accuracy, "log_prob": m.log_prob,
-                            "budgets": m.budgets})
+            meta = {**rec, "space": space.spec, "table_id": table.id,
+                    "recal_batches": recal_batches}
+            doc = write_member(tmp / "members" / m.name, ev.module,
+                               trained_weight_quant(net, ev.module, m.config), meta, input_shape,
+                               onnx=onnx, seed=seed, fallback=onnx_fallback)
+            if onnx:
+                rec["onnx"] = doc["onnx"]
+                rec["onnx_max_abs_diff"] = doc["onnx"]["max_abs_diff"]
+                rec["file_weight_bytes"] = doc["weight_bytes"]
+            entries.append(MemberRecord(m.name, m.config, costs, m.exit_costs, ev.bn_state,
+                                        ev.accuracy, m.log_prob, m.budgets,
+                                        ev.module.exit_stages))
             records.append(rec)
             bar.update()
         for i, config in enumerate(extra):
@@ -183,14 +140,11 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                                                                      **kw), costs))
             bar.update()
         bar.close()
-        torch.save({
-            "format": FAMILY_FORMAT, "version": FAMILY_VERSION, "space": space.spec,
-            "table_id": table.id, "metric": family.metric,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-            "alpha": {k: p.detach().cpu() for k, p in search.arch.probs().items()},
-            "members": entries, "budget_picks": family.budget_picks,
-            "recal_batches": recal_batches,
-        }, tmp / "family.pt")
+        write_family(FamilyFile(
+            space=space.spec, state_dict=net.state_dict(), members=entries,
+            metric=family.metric, table_id=table.id,
+            alpha={k: p.detach() for k, p in search.arch.probs().items()},
+            budget_picks=family.budget_picks, recal_batches=recal_batches), tmp / "family.pt")
         meta = {"space": space.name, "table_id": table.id, "table_target": table.meta.target,
                 "metric": family.metric, "budget_picks": family.budget_picks,
                 "recal_batches": recal_batches}
@@ -254,6 +208,9 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--configs", default=None,
                         help="JSON list of member configs to export instead of α's chain")
     add_export_args(parser)
+    parser.add_argument("--onnx-fallback", choices=["float"], default=None,
+                        help="ship layers whose weight bits the integer ONNX cannot execute "
+                             "in float instead of failing")
     args = parser.parse_args(argv)
     if not Path(args.ckpt).is_file():
         parser.error(f"--ckpt {args.ckpt!r} does not exist")
@@ -271,7 +228,7 @@ def export_command(argv: list[str]) -> int:
             start=args.start, configs=configs, recal_batches=args.recal_batches,
             test_batches=args.test_batches, samples=args.samples,
             latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
-            progress=not args.no_progress)
+            onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
     except (ValueError, LookupError, FileNotFoundError) as error:
         parser.error(str(error))
     print(format_table(result.records, result.family.metric))

@@ -16,8 +16,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from costmodels import measure_network_latency
+from deploy import member_bn_state
 from supernet import ArchConfig, SuperNet, extract
-from supernet.runtime import member_bn_state
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

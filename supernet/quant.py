@@ -33,13 +33,18 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
 
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel step of ``bits``-bit symmetric weights, shaped to broadcast over ``w``:
+    the channel's max magnitude over the whole tensor ``w`` (the supernet's) / ``2**(bits-1)-1``."""
+    dims = tuple(range(1, w.dim()))
+    return w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / (2 ** (bits - 1) - 1)
+
+
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel symmetric fake quantization to ``bits`` bits (32 → unchanged)."""
     if bits >= FLOAT_BITS:
         return w
-    qmax = 2 ** (bits - 1) - 1
-    dims = tuple(range(1, w.dim()))
-    scale = w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
+    scale = weight_scale(w, bits)
     return round_ste(w / scale) * scale  # |w / scale| <= qmax by construction: no clipping
 
 

@@ -38,7 +38,7 @@ def workdir(tiny_search, tmp_path_factory):
     d = tmp_path_factory.mktemp("readme")
     (d / "configs").symlink_to(ROOT / "configs")
     export_family(tiny_search[0], d / "exports" / "fmnist", synthetic_data(), members=2,
-                  samples=1, recal_batches=2, latency_repeats=2, progress=False, onnx=False)
+                  samples=1, recal_batches=2, latency_repeats=2, progress=False)
     return d
 
 

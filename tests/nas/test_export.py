@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import nas.export
+from deploy import load_member
 from nas.export import export_command, export_family, log_artifact
 from nas.recalibrate import recalibrate_bn
 from supernet import SpaceError
-from supernet.runtime import load_member
 from tests.conftest import synthetic_data as data
 
 FAST = {"recal_batches": 2, "latency_repeats": 3, "progress": False}
@@ -59,21 +59,25 @@ def test_export_writes_every_file_and_they_load_weights_only(exported):
         assert all(isinstance(t, torch.Tensor) for t in state.values())
         meta = json.loads((mdir / "config.json").read_text())
         assert meta["name"] == name and meta["config"] == exported.family[name].config.to_dict()
-        assert meta["onnx"]["max_abs_diff"] <= 1e-4
+        assert meta["onnx"]["integer"] and meta["onnx"]["argmax_agreement"] >= 0.9
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
 
 
-def test_onnx_matches_torch_within_1e_4(exported):
+def test_integer_onnx_agrees_with_the_torch_member(exported):
+    """The integer model rounds its accumulators where torch's fake quantization does not, so
+    logits differ by about a quantization step; the predicted classes agree."""
     for m in exported.family.members:
         mdir = exported.out / "members" / m.name
         static = load_member(mdir)
-        x = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+        x = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(7))
         got = ort.InferenceSession(str(mdir / "model.onnx")).run(None, {"input": x.numpy()})
         with torch.no_grad():
             want = [z.numpy() for z in static(x)]
         assert len(got) == len(want) == len(static.exit_stages)
-        assert max(np.abs(g - w).max() for g, w in zip(got, want, strict=True)) <= 1e-4
+        for g, w in zip(got, want, strict=True):
+            assert (g.argmax(1) == w.argmax(1)).mean() >= 0.95
+            assert np.abs(g - w).max() <= 0.25 * np.abs(w).max()
 
 
 def test_pareto_json_describes_every_member(exported):
@@ -89,7 +93,7 @@ def test_pareto_json_describes_every_member(exported):
         assert set(r["on_front"]) >= {"latency_ms", "macs", "measured_latency_ms"}
     for r in members:
         assert len(r["accuracy"]) == len(r["exit_costs"]["latency_ms"])
-        assert r["onnx_max_abs_diff"] <= 1e-4
+        assert r["onnx"]["argmax_agreement"] >= 0.9 and r["file_weight_bytes"] > 0
     for metric in records[0]["on_front"]:
         assert any(r["on_front"][metric] for r in records)
     assert doc["meta"]["budget_picks"] == exported.family.budget_picks

@@ -1,18 +1,15 @@
 """The family runtime: loading family.pt, switching members, early exits, budget control."""
 
-import ast
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from deploy import BudgetController, FamilyError, FamilyRuntime, load_member
 from nas.export import export_family
 from nas.recalibrate import evaluate_member
-from supernet.runtime import BudgetController, FamilyError, FamilyRuntime, load_member
 from tests.conftest import synthetic_data as data
 
-REPO = Path(__file__).resolve().parents[2]
 RECAL = 2
 
 
@@ -38,7 +35,7 @@ def same(a, b, atol=1e-6):
                                     for x, y in zip(a, b, strict=True))
 
 
-def test_member_outputs_equal_the_recalibrated_member_and_the_supernet(exported, runtime):
+def test_member_outputs_equal_the_recalibrated_member(exported, runtime):
     search, _ = exported
     dm, x = data(), batch()
     for name in runtime.names:
@@ -49,8 +46,7 @@ def test_member_outputs_equal_the_recalibrated_member_and_the_supernet(exported,
         with torch.no_grad():
             got = runtime(x)
             assert same(got, ev.module(x))
-            assert same(got, runtime.supernet_forward(x), atol=1e-5)
-        assert len(got) == len(runtime.info.exit_stages)
+        assert len(got) == len(runtime.module.exit_stages)
 
 
 def test_standalone_member_equals_the_family_member(exported, runtime):
@@ -88,7 +84,7 @@ def test_set_budget_picks_the_largest_member_that_fits(runtime):
 
 def test_early_exit_thresholds(runtime):
     runtime.set_member(runtime.names[-1])
-    n_exits = len(runtime.info.exit_stages)
+    n_exits = len(runtime.module.exit_stages)
     assert n_exits == 2
     x = batch(32)
     with torch.no_grad():
@@ -98,7 +94,7 @@ def test_early_exit_thresholds(runtime):
         assert (first.exit_index == 0).all() and torch.allclose(first.logits, full[0])
         last = runtime.predict_early_exit(x, 1.01, criterion)
         assert (last.exit_index == n_exits - 1).all() and torch.allclose(last.logits, full[-1])
-        assert (last.exit_stage == runtime.info.exit_stages[-1]).all()
+        assert (last.exit_stage == runtime.module.exit_stages[-1]).all()
         t = float(first.confidence.median())
         mixed = runtime.predict_early_exit(x, [t], criterion)
         early = mixed.exit_index == 0
@@ -168,14 +164,36 @@ def test_truncated_or_foreign_files_are_clear_errors(exported, tmp_path):
     torch.save(family, tmp_path / "tampered.pt")
     with pytest.raises(FamilyError, match=r"member 'm0'.*stage1.width=10"):
         FamilyRuntime.load(tmp_path / "tampered.pt")
+    family["version"] = 1
+    torch.save(family, tmp_path / "old.pt")
+    with pytest.raises(FamilyError, match=r"version 1, this hwnas reads version 2; export it "
+                                          r"again with `hwnas export"):
+        FamilyRuntime.load(tmp_path / "old.pt")
 
 
-def test_runtime_imports_neither_training_nor_cost_code():
-    """What the runtime imports is itself and the rest of `supernet` (a device needs only torch
-    and timm): no module there may import the search, the cost models or Lightning."""
-    banned = ("nas", "costmodels", "pytorch_lightning", "lightning")
-    for path in sorted((REPO / "supernet").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not [n for n in names if n.split(".")[0] in banned], (path.name, names)
+class Evil:
+    def __reduce__(self):  # would run a shell command if the file were unpickled unsafely
+        return (print, ("this must never run",))
+
+
+def test_a_tampered_family_or_member_file_is_one_line_without_unsafe_advice(exported, tmp_path,
+                                                                          capsys):
+    family = tmp_path / "family.pt"
+    torch.save({"format": "hwnas-family", "payload": Evil()}, family)
+    member = tmp_path / "m0"
+    member.mkdir()
+    (member / "config.json").write_text((exported[1] / "members/m0/config.json").read_text())
+    torch.save({"stem.0.weight": Evil()}, member / "model.pt")
+    for load, path in ((FamilyRuntime.load, family), (load_member, member)):
+        with pytest.raises(FamilyError) as err:
+            load(path)
+        msg = str(err.value)
+        assert "\n" not in msg and "weights_only" not in msg and "export it again" in msg
+        assert str(path) in msg and "tampered" in msg
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert "must never run" not in capsys.readouterr().out
+    (member / "config.json").write_text("{not json")
+    with pytest.raises(FamilyError, match=r"config.json: not a member config"):
+        load_member(member)
+    with pytest.raises(FamilyError, match="does not exist"):
+        load_member(tmp_path / "nowhere")

@@ -1,0 +1,70 @@
+"""Feedback control along a family's chain: pick members that hold a deadline or energy budget."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from deploy.runtime import FamilyRuntime
+
+
+@dataclass(frozen=True)
+class SwitchEvent:
+    """One member switch made by a `BudgetController`."""
+
+    step: int
+    from_member: str
+    to_member: str
+    measured: float
+    budget: float
+    time_s: float = field(default_factory=time.perf_counter)
+
+
+class BudgetController:
+    """PI control of the member index on ``log(budget / measured)``: headroom moves up the
+    chain, overshoot moves down. ``measured`` is latency (ms) or any cost the device reports;
+    the budget may change every step (e.g. derived from battery level). A move up happens only
+    if the next member, scaled by its table cost ratio, is predicted to fit, so the controller
+    settles under the budget instead of oscillating across it."""
+
+    def __init__(self, runtime: FamilyRuntime, budget: float, metric: str = "latency_ms",
+                 kp: float = 1.0, ki: float = 0.5, hysteresis: float = 0.2,
+                 on_switch: Callable[[SwitchEvent], None] | None = None):
+        self.runtime, self.budget, self.metric = runtime, float(budget), metric
+        self.kp, self.ki, self.hysteresis, self.on_switch = kp, ki, hysteresis, on_switch
+        self.base = runtime.names.index(runtime.current)
+        self.integral, self.steps = 0.0, 0
+        self.events: list[SwitchEvent] = []
+
+    def update(self, measured: float, budget: float | None = None) -> str:
+        """Feed one measurement (and optionally a new budget); returns the current member."""
+        if budget is not None:
+            self.budget = float(budget)
+        self.steps += 1
+        names = self.runtime.names
+        index = names.index(self.runtime.current)
+        error = math.log(self.budget / max(measured, 1e-12))
+        integral = self.integral + error
+        position = self.base + self.kp * error + self.ki * integral
+        wants_up = position > index + 0.5 + self.hysteresis
+        wants_down = position < index - 0.5 - self.hysteresis
+        target = index
+        if wants_up and index + 1 < len(names):
+            now, up = (self.runtime.infos[n].costs[self.metric] for n in names[index:index + 2])
+            if measured * up / now <= self.budget:  # the next member is predicted to fit
+                target = index + 1
+        elif wants_down and index > 0:
+            target = max(0, min(index - 1, round(position)))
+        if target == index and (wants_up or wants_down):
+            integral = self.integral  # anti-windup: it cannot move, so do not accumulate
+        self.integral = integral
+        if target != index:
+            event = SwitchEvent(self.steps, names[index], names[target], measured, self.budget)
+            self.runtime.set_member(names[target])
+            self.base, self.integral = target, 0.0
+            self.events.append(event)
+            if self.on_switch is not None:
+                self.on_switch(event)
+        return self.runtime.current

@@ -1,0 +1,82 @@
+"""The quantization a member was trained with, read off the supernet and the extracted member.
+
+A weight's per-output-channel step comes from the whole supernet tensor (`supernet.quant`), so
+it cannot be recomputed from the member's slice; `trained_weight_quant` reads it where the search
+computed it and checks that the member's weights lie on that grid. Batch-norm folding lives here
+too: it is exact algebra on float tensors, shared by the float and the integer lowering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from supernet.arch import ArchConfig
+from supernet.extract import StaticNet
+from supernet.model import SuperNet
+from supernet.quant import FLOAT_BITS, weight_scale
+
+BLOCK_CONVS = ("conv_pw", "conv_dw", "conv_pwl")
+
+
+class LoweringError(ValueError):
+    """A member that cannot be lowered as asked; the message names the layer and the fix."""
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """A conv's integer weights: ``bits`` and the trained per-output-channel step (float32)."""
+
+    bits: int
+    scale: torch.Tensor  # [out_channels]
+
+    def integers(self, weight: torch.Tensor, name: str = "weight") -> torch.Tensor:
+        """``weight / scale`` as integers in ±(2**(bits-1) - 1); a weight off that grid is an
+        error (the scale is not the one it was trained with)."""
+        s = self.scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        q = torch.round(weight / s)
+        qmax = 2 ** (self.bits - 1) - 1
+        if q.abs().max() > qmax or not torch.equal(q * s, weight):
+            off = float((q * s - weight).abs().max())
+            raise LoweringError(f"{name}: weights are not on the {self.bits}-bit grid of the "
+                                f"stored scales (off by {off:.3g}); lower the member with the "
+                                "scales its family was exported with")
+        return q.to(torch.int8)
+
+
+def block_conv_names(static: StaticNet) -> list[tuple[str, int, int]]:
+    """``(module name, stage number, block index)`` of every block conv of ``static``."""
+    return [(f"stages.{i - 1}.{j}.{conv}", i, j)
+            for i, stage in enumerate(static.stages, 1) for j in range(len(stage))
+            for conv in BLOCK_CONVS]
+
+
+@torch.no_grad()
+def trained_weight_quant(net: SuperNet, static: StaticNet,
+                         config: ArchConfig) -> dict[str, WeightQuant]:
+    """The weight quantization of every quantized conv of ``static`` (extracted from ``net`` at
+    ``config``), keyed by module name: the supernet's per-channel steps, sliced."""
+    resolved = net.space.resolve(net.space.validate(config))
+    out = {}
+    for name, i, j in block_conv_names(static):
+        bits = int(resolved[f"stage{i}.wbits"])
+        if bits >= FLOAT_BITS:
+            continue
+        conv = name.rsplit(".", 1)[1]
+        full = getattr(net.stages[i - 1].blocks[j], conv).weight
+        cout = static.get_submodule(name).out_channels
+        wq = WeightQuant(bits, weight_scale(full, bits).flatten()[:cout].float().cpu().clone())
+        wq.integers(static.get_submodule(name).weight.detach().cpu(), name)  # on the grid?
+        out[name] = wq
+    return out
+
+
+@torch.no_grad()
+def fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free conv followed by ``bn`` (eval mode) as one conv: ``(weight, bias)`` with
+    ``weight · γ/σ`` per output channel and ``β − γ·μ/σ``, σ = sqrt(running_var + eps)."""
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
+    return w, bn.bias - bn.running_mean * factor
