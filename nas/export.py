@@ -34,7 +34,7 @@ from tqdm import tqdm
 from costmodels import CostTable
 from deploy import FamilyFile, MemberRecord, trained_weight_quant, write_family, write_member
 from nas.family import Family, family_from_search, parse_budgets
-from nas.pareto import MEASURED, format_table, plot_pareto, write_pareto_json
+from nas.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
 from nas.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
 
@@ -149,7 +149,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                 "metric": family.metric, "budget_picks": family.budget_picks,
                 "recal_batches": recal_batches}
         write_pareto_json(records, tmp / "pareto.json", **meta)
-        plot_pareto(records, tmp / "pareto.png")
+        plot_pareto(records, tmp / "pareto.png", family.metric)
     out = Path(out)
     logged = log_artifact(out, f"family-{space.name}", meta)
     return ExportResult(out, family, records, logged)
@@ -217,20 +217,20 @@ def export_command(argv: list[str]) -> int:
 
     from nas.search import load_search
 
-    try:
-        overrides = {"cost_table": args.table} if args.table else {}
-        search = load_search(args.ckpt, **overrides)
-        configs = json.loads(Path(args.configs).read_text()) if args.configs else None
-        result = export_family(
-            search, args.out, make_datamodule(args.data, search.search_space, args.batch_size,
-                                              args.data_dir),
-            members=args.members, budgets=parse_budgets(args.budgets), metric=args.metric,
-            start=args.start, configs=configs, recal_batches=args.recal_batches,
-            test_batches=args.test_batches, samples=args.samples,
-            latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
-            onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
-    except (ValueError, LookupError, FileNotFoundError) as error:
-        parser.error(str(error))
+    overrides = {"cost_table": args.table} if args.table else {}
+    search = load_search(args.ckpt, **overrides)
+    configs = json.loads(Path(args.configs).read_text()) if args.configs else None
+    result = export_family(
+        search, args.out, make_datamodule(args.data, search.search_space, args.batch_size,
+                                          args.data_dir),
+        members=args.members, budgets=parse_budgets(args.budgets), metric=args.metric,
+        start=args.start, configs=configs, recal_batches=args.recal_batches,
+        test_batches=args.test_batches, samples=args.samples,
+        latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
+        onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
     print(format_table(result.records, result.family.metric))
-    print(f"wrote {result.out}/ (family.pt, members/, pareto.json, pareto.png)")
+    picks = budget_summary(result.records)
+    members = sum(r.get("kind") != "sample" for r in result.records)
+    print(f"export: {members} members in {result.out}/ (family.pt, members/, pareto.json, "
+          f"pareto.png)" + (f"; picked {picks}" if picks else ""))
     return 0

@@ -83,7 +83,21 @@ def budget_lines(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, s
     return lines
 
 
-def plot_pareto(records: list[dict[str, Any]], path: Path, metric: str = "latency_ms") -> Path:
+def budget_summary(records: list[dict[str, Any]]) -> str:
+    """For each user budget, the member picked, its cost and its accuracy, on one line:
+    ``"latency_ms<=2 → m3 (1.93, 0.965x, acc 0.812)"`` joined by ``"; "``."""
+    by_name = {r["name"]: r for r in records}
+    parts = []
+    for metric, picks in budget_lines(records).items():
+        for value, name in sorted(picks):
+            cost = by_name[name]["costs"][metric]
+            parts.append(f"{metric}<={value:g} → {name} ({cost:.4g}, {cost / value:.3f}x, "
+                         f"acc {accuracy_of(by_name[name]):.3f})")
+    return "; ".join(parts)
+
+
+def plot_pareto(records: list[dict[str, Any]], path: Path,
+                metric: str = "latency_ms") -> Path:
     """Accuracy against cost, one panel per axis: the table's ``metric`` (the axis the search
     and the budgets use: each budget a dashed line, its picked member starred) and, when the
     members were timed, the latency measured on this machine — the two can disagree, so they

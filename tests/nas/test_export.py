@@ -154,13 +154,17 @@ def test_export_command_end_to_end(trained, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "m0" in text and "acc@1" in text
     family = torch.load(out / "family.pt", weights_only=True)
-    assert family["budget_picks"] == {"latency_ms<=1000": family["members"][-1]["name"]}
+    top = family["members"][-1]["name"]
+    assert family["budget_picks"] == {"latency_ms<=1000": top}
+    last = text.strip().splitlines()[-1]  # the line read first: each budget's pick
+    assert last.startswith("export: 2 members in ") and f"latency_ms<=1000 → {top} (" in last
     configs = tmp_path / "bad.json"
     configs.write_text(json.dumps([{"stage1.width": 10}]))
-    with pytest.raises(SystemExit) as err:
-        export_command(argv + ["--configs", str(configs), "--out", str(tmp_path / "x")])
-    assert err.value.code == 2
-    assert "does not belong" in capsys.readouterr().err
+    from nas.cli import main
+
+    assert main(["export", *argv, "--configs", str(configs), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "does not belong" in err and len(err.splitlines()) == 1
 
 
 def test_recalibration_is_a_cumulative_average_and_restores_the_mode():
