@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nas.quiet import quiet_lightning
+
 
 @dataclass(frozen=True)
 class Command:
@@ -126,6 +128,7 @@ def run_command(name: str, argv: list[str]) -> int:
     HWNAS_DEBUG=1 or pass --debug for the traceback)."""
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    quiet_lightning()
     try:
         return COMMANDS[name].run(argv) or 0
     except KeyboardInterrupt:

@@ -9,10 +9,8 @@ reaches every parameter DDP holds, so no unused-parameter search is needed.
 
 from __future__ import annotations
 
-import logging
 import netrc
 import os
-import warnings
 
 from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -95,23 +93,7 @@ class SearchCLI(LightningCLI):
                      model["space"], allow_foreign=bool(cfg.get("allow_foreign_table")))
 
 
-class _DropTip(logging.Filter):
-    """Lightning advertises its hosted logger on every run; a search log has no use for it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip")
-
-
-def quiet_lightning() -> None:
-    """Remove the two notices Lightning prints on every run that say nothing about the run."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTip())
-    # Lightning 2.6 builds torch's deprecated LeafSpec whenever it iterates a data loader
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
-                            category=FutureWarning)
-
-
 def search_command(argv: list[str]) -> int:
-    quiet_lightning()
     SearchCLI(
         SupernetSearch,
         SplitDataModule,
