@@ -149,6 +149,8 @@ def quickstart_command(argv: list[str]) -> int:
                               seed=args.seed)
     shipped = search.shipped()
     print(f"checkpoint: {ckpt}\nshipped member: {shipped}")
+    # the plot and table show the search's own budget and the member the family picks for it
+    budgets = budgets or {b.name: [b.budget] for b in search.budgets}
     result = export_family(
         search, out / "export", dm, members=args.members, budgets=budgets,
         metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
