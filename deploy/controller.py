@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,15 +28,21 @@ class BudgetController:
     chain, overshoot moves down. ``measured`` is latency (ms) or any cost the device reports;
     the budget may change every step (e.g. derived from battery level). A move up happens only
     if the next member, scaled by its table cost ratio, is predicted to fit, so the controller
-    settles under the budget instead of oscillating across it."""
+    settles under the budget instead of oscillating across it. The controller acts on the
+    median of the last ``window`` measurements of the current member, so one preempted
+    inference (a scheduler time slice, several times the usual latency) does not move it, while
+    a lasting load change does within ``window // 2 + 1`` steps."""
 
     def __init__(self, runtime: FamilyRuntime, budget: float, metric: str = "latency_ms",
                  kp: float = 1.0, ki: float = 0.5, hysteresis: float = 0.2,
-                 on_switch: Callable[[SwitchEvent], None] | None = None):
+                 window: int = 3, on_switch: Callable[[SwitchEvent], None] | None = None):
         self.runtime, self.budget, self.metric = runtime, float(budget), metric
         self.kp, self.ki, self.hysteresis, self.on_switch = kp, ki, hysteresis, on_switch
         self.base = runtime.names.index(runtime.current)
-        self.integral, self.steps = 0.0, 0
+        if window < 1:
+            raise ValueError(f"window: must be >= 1 measurement, got {window}")
+        self.integral, self.steps, self.window = 0.0, 0, window
+        self.recent: list[float] = []
         self.events: list[SwitchEvent] = []
 
     def update(self, measured: float, budget: float | None = None) -> str:
@@ -43,6 +50,9 @@ class BudgetController:
         if budget is not None:
             self.budget = float(budget)
         self.steps += 1
+        self.recent = [*self.recent[-(self.window - 1):], float(measured)] if self.window > 1 \
+            else [float(measured)]
+        measured = statistics.median(self.recent)
         names = self.runtime.names
         index = names.index(self.runtime.current)
         error = math.log(self.budget / max(measured, 1e-12))
@@ -63,7 +73,7 @@ class BudgetController:
         if target != index:
             event = SwitchEvent(self.steps, names[index], names[target], measured, self.budget)
             self.runtime.set_member(names[target])
-            self.base, self.integral = target, 0.0
+            self.base, self.integral, self.recent = target, 0.0, []
             self.events.append(event)
             if self.on_switch is not None:
                 self.on_switch(event)

@@ -103,3 +103,18 @@ def test_load_scenarios_and_offline_pick():
         load_level("storm", 0, 1, 1)
     assert offline_pick({"a": 1.0, "b": 2.0, "c": 4.0}, 3.0) == "b"
     assert offline_pick({"a": 1.0, "b": 2.0}, 0.5) == "a"
+
+
+def test_a_lone_preempted_inference_does_not_move_the_controller():
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    rt.set_member("m2")
+    ctl = BudgetController(rt, 5.0)
+    trace = stream(rt, lambda i: 10.0 if i % 25 == 24 else 1.0, 200, 5.0, ctl, clock)
+    assert {s.member for s in trace.steps} == {"m2"} and not ctl.events
+    assert sum(s.missed for s in trace.steps) == 8  # the spikes themselves
+    ctl1 = BudgetController(rt, 5.0, window=1)  # without the median filter, a spike moves it
+    stream(rt, lambda i: 10.0 if i == 24 else 1.0, 30, 5.0, ctl1, clock)
+    assert ctl1.events and ctl1.events[0].to_member == "m0"  # a spike drops it to the bottom
+    with pytest.raises(ValueError, match="window"):
+        BudgetController(rt, 5.0, window=0)
