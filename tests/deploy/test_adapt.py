@@ -29,13 +29,14 @@ class FakeRuntime:
         self.infos = {n: SimpleNamespace(costs={"latency_ms": c}) for n, c in COSTS.items()}
         self.names, self.current, self.clock = list(COSTS), "m3", clock
         self.load, self.jitter, self.rng = 1.0, jitter, random.Random(0)
+        self.penalty = dict.fromkeys(COSTS, 1.0)  # extra slowdown of one member
 
     def set_member(self, name):
         self.current = name
 
     def __call__(self, x):
         noise = 1 + self.rng.uniform(-self.jitter, self.jitter)
-        self.clock.t += COSTS[self.current] * self.load * noise / 1e3
+        self.clock.t += COSTS[self.current] * self.load * noise * self.penalty[self.current] / 1e3
         return [torch.zeros(1, 3)]
 
 
@@ -118,3 +119,17 @@ def test_a_lone_preempted_inference_does_not_move_the_controller():
     assert ctl1.events and ctl1.events[0].to_member == "m0"  # a spike drops it to the bottom
     with pytest.raises(ValueError, match="window"):
         BudgetController(rt, 5.0, window=0)
+
+
+def test_probes_up_that_fail_back_off_instead_of_chattering():
+    """Under contention m1 runs 5× slower than its cost predicts: each probe up from m0 misses,
+    so the controller waits twice as long before the next one."""
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    rt.penalty["m1"] = 5.0  # m1: 10 ms, m0: 1 ms; m1 is predicted to take 2 ms
+    rt.set_member("m1")
+    ctl = BudgetController(rt, 5.0, hold=8)
+    trace = stream(rt, lambda i: 1.0, 3000, 5.0, ctl, clock)
+    assert len(ctl.events) <= 2 * 10 + 2  # hold 8 → 16 → … : about log2(3000 / 8) probes
+    assert [e.to_member for e in ctl.events[:3]] == ["m0", "m1", "m0"]
+    assert sum(s.member == "m0" for s in trace.steps) > 0.95 * len(trace.steps)
