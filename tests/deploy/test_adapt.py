@@ -133,3 +133,21 @@ def test_probes_up_that_fail_back_off_instead_of_chattering():
     assert len(ctl.events) <= 2 * 10 + 2  # hold 8 → 16 → … : about log2(3000 / 8) probes
     assert [e.to_member for e in ctl.events[:3]] == ["m0", "m1", "m0"]
     assert sum(s.member == "m0" for s in trace.steps) > 0.95 * len(trace.steps)
+
+
+def test_hwnas_run_on_an_exported_family(tiny_search, tmp_path, capsys):
+    from nas.cli import main
+    from nas.export import export_family
+    from tests.conftest import synthetic_data
+
+    export_family(tiny_search[0], tmp_path / "family", synthetic_data(), members=2,
+                  recal_batches=1, latency_repeats=2, onnx=False, progress=False)
+    plot, trace = tmp_path / "run.png", tmp_path / "trace.json"
+    assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
+                 "50", "--duration-s", "0.3", "--plot", str(plot), "--trace", str(trace)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("deadline misses ") and "accuracy n/a" in line  # random inputs
+    assert plot.stat().st_size > 0 and '"steps"' in trace.read_text()
+    assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
+                 "-1"]) == 1
+    assert "deadline_ms: must be > 0" in capsys.readouterr().err
