@@ -80,6 +80,13 @@ def quickstart_command(argv: list[str]) -> int:
     return run(argv)
 
 
+def adapt_command(argv: list[str]) -> int:
+    """Stream inputs through a family under a deadline and a load scenario."""
+    from deploy.adapt import run_command as run
+
+    return run(argv)
+
+
 # name -> Command
 COMMANDS: dict[str, Command] = {
     "space": Command("show the decisions of a search-space YAML", space_command),
@@ -92,6 +99,8 @@ COMMANDS: dict[str, Command] = {
                       export_command),
     "quickstart": Command("Fashion-MNIST end to end: cost table, short search, family export",
                           quickstart_command),
+    "run": Command("stream inputs through a family under a deadline and a changing load",
+                   adapt_command),
 }
 
 

@@ -24,6 +24,7 @@ sys.meta_path.insert(0, Block())
 import onnxruntime as ort
 import torch
 import deploy
+import deploy.adapt
 from supernet import SearchSpace, SuperNet, extract
 space = SearchSpace.from_yaml(sys.argv[1])
 net = SuperNet(space).eval()

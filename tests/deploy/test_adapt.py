@@ -1,0 +1,153 @@
+"""Run-time adaptation: the controller holds a deadline as the load changes (fake clock)."""
+
+import itertools
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from deploy import BudgetController
+from deploy.adapt import Trace, load_level, offline_pick, run_stream
+
+COSTS = {"m0": 1.0, "m1": 2.0, "m2": 4.0, "m3": 8.0}  # ms at no load
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeRuntime:
+    """What the loop and controller use of a `FamilyRuntime`; an inference advances the fake
+    clock by the member's cost times the current load (× a seeded jitter, if any)."""
+
+    def __init__(self, clock, jitter=0.0):
+        self.infos = {n: SimpleNamespace(costs={"latency_ms": c}) for n, c in COSTS.items()}
+        self.names, self.current, self.clock = list(COSTS), "m3", clock
+        self.load, self.jitter, self.rng = 1.0, jitter, random.Random(0)
+        self.penalty = dict.fromkeys(COSTS, 1.0)  # extra slowdown of one member
+
+    def set_member(self, name):
+        self.current = name
+
+    def __call__(self, x):
+        noise = 1 + self.rng.uniform(-self.jitter, self.jitter)
+        self.clock.t += COSTS[self.current] * self.load * noise * self.penalty[self.current] / 1e3
+        return [torch.zeros(1, 3)]
+
+
+def stream(runtime, load_at, n, deadline, ctl, clock):
+    """n inputs; before the i-th, the runtime's load is ``load_at(i)``."""
+    def inputs():
+        for i in range(n):
+            runtime.load = load_at(i)
+            yield torch.zeros(1, 1), torch.tensor([i % 3])
+    return run_stream(runtime, inputs(), deadline, ctl, clock=clock)
+
+
+def members(trace, a, b):
+    return [s.member for s in trace.steps[a:b]]
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.15])
+def test_controller_steps_down_under_load_and_back_up_without_oscillating(jitter):
+    clock = FakeClock()
+    rt = FakeRuntime(clock, jitter)
+    ctl = BudgetController(rt, 5.0)
+    # no load: m2 (4 ms) fits a 5 ms deadline, m3 (8 ms) does not
+    # load ×3 from step 200 to 400: only m0 (3 ms) fits; then the load is gone again
+    trace = stream(rt, lambda i: 3.0 if 200 <= i < 400 else 1.0, 600, 5.0, ctl, clock)
+    assert members(trace, 0, 1) == ["m3"]
+    assert set(members(trace, 50, 200)) == {"m2"}  # settled on the largest that fits, stays
+    assert set(members(trace, 220, 400)) == {"m0"}  # stepped down to the one that fits
+    assert set(members(trace, 450, 600)) == {"m2"}  # and back up once the load fell
+    ups_and_downs = [s.member for s in trace.steps]
+    switches = sum(a != b for a, b in itertools.pairwise(ups_and_downs))
+    assert switches <= 6  # start → m2, down (≤ 2 moves), up (≤ 2 moves): no chatter
+    steady = [s for i, s in enumerate(trace.steps) if 50 <= i < 200 or 450 <= i]
+    assert not any(s.missed for s in steady)
+
+
+def test_trace_summary_counts_misses_accuracy_and_switches():
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    trace = stream(rt, lambda i: 1.0, 30, 5.0, None, clock)  # no controller: m3 always
+    s = trace.summary()
+    assert s["inferences"] == 30 and s["miss_rate"] == 1.0 and s["switches_per_s"] == 0
+    assert s["accuracy"] == pytest.approx(10 / 30)  # zeros predict class 0; labels i % 3
+    assert trace.duration_s == pytest.approx(30 * 8e-3)
+    assert "deadline misses 100.00% of 30 inferences" in trace.summary_line()
+    with pytest.raises(ValueError, match="empty"):
+        Trace().summary()
+    with pytest.raises(ValueError, match="deadline_ms"):
+        run_stream(rt, [], 0.0)
+
+
+def test_duration_bounds_the_stream_by_the_injected_clock():
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    trace = run_stream(rt, itertools.repeat(torch.zeros(1, 1)), 100.0, None, clock=clock,
+                       duration_s=0.08)
+    assert len(trace.steps) == 10  # 8 ms each until 80 ms have passed
+
+
+def test_load_scenarios_and_offline_pick():
+    assert [load_level("step", t, 9, 2) for t in (0, 3, 5.9, 6)] == [0, 2, 2, 0]
+    assert [load_level("ramp", t, 6, 2) for t in (0, 1.4, 2.7, 3.9, 4)] == [0, 1, 2, 2, 0]
+    assert [load_level("periodic", t, 6, 1) for t in (0, 0.5, 1.0, 1.5)] == [0, 1, 0, 1]
+    assert load_level("none", 3, 6, 2) == 0
+    with pytest.raises(ValueError, match="scenario"):
+        load_level("storm", 0, 1, 1)
+    assert offline_pick({"a": 1.0, "b": 2.0, "c": 4.0}, 3.0) == "b"
+    assert offline_pick({"a": 1.0, "b": 2.0}, 0.5) == "a"
+
+
+def test_a_lone_preempted_inference_does_not_move_the_controller():
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    rt.set_member("m2")
+    ctl = BudgetController(rt, 5.0)
+    trace = stream(rt, lambda i: 10.0 if i % 25 == 24 else 1.0, 200, 5.0, ctl, clock)
+    assert {s.member for s in trace.steps} == {"m2"} and not ctl.events
+    assert sum(s.missed for s in trace.steps) == 8  # the spikes themselves
+    ctl1 = BudgetController(rt, 5.0, window=1)  # without the median filter, a spike moves it
+    stream(rt, lambda i: 10.0 if i == 24 else 1.0, 30, 5.0, ctl1, clock)
+    assert ctl1.events and ctl1.events[0].to_member == "m0"  # a spike drops it to the bottom
+    with pytest.raises(ValueError, match="window"):
+        BudgetController(rt, 5.0, window=0)
+
+
+def test_probes_up_that_fail_back_off_instead_of_chattering():
+    """Under contention m1 runs 5× slower than its cost predicts: each probe up from m0 misses,
+    so the controller waits twice as long before the next one."""
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    rt.penalty["m1"] = 5.0  # m1: 10 ms, m0: 1 ms; m1 is predicted to take 2 ms
+    rt.set_member("m1")
+    ctl = BudgetController(rt, 5.0, hold=8)
+    trace = stream(rt, lambda i: 1.0, 3000, 5.0, ctl, clock)
+    assert len(ctl.events) <= 2 * 10 + 2  # hold 8 → 16 → … : about log2(3000 / 8) probes
+    assert [e.to_member for e in ctl.events[:3]] == ["m0", "m1", "m0"]
+    assert sum(s.member == "m0" for s in trace.steps) > 0.95 * len(trace.steps)
+
+
+def test_hwnas_run_on_an_exported_family(tiny_search, tmp_path, capsys):
+    from nas.cli import main
+    from nas.export import export_family
+    from tests.conftest import synthetic_data
+
+    export_family(tiny_search[0], tmp_path / "family", synthetic_data(), members=2,
+                  recal_batches=1, latency_repeats=2, onnx=False, progress=False)
+    plot, trace = tmp_path / "run.png", tmp_path / "trace.json"
+    assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
+                 "50", "--duration-s", "0.3", "--plot", str(plot), "--trace", str(trace)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("deadline misses ") and "accuracy n/a" in line  # random inputs
+    assert plot.stat().st_size > 0 and '"steps"' in trace.read_text()
+    assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
+                 "-1"]) == 1
+    assert "deadline_ms: must be > 0" in capsys.readouterr().err
