@@ -130,6 +130,7 @@ def test_debug_switch_shows_the_traceback(tiny_table, tmp_path, monkeypatch):
         main(search_args(tiny_table, tmp_path) + ["--model.budget.fraction=0.01"])
 
 
+@pytest.mark.slow
 def test_a_search_prints_no_library_notices(tiny_table, tmp_path):
     """Notices that say nothing about the run are gone at their source: LightningCLI's `args`
     warning, Lightning's hosted-logger tip, torch's LeafSpec deprecation, W&B's `anonymous`

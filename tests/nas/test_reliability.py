@@ -94,6 +94,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
         SafeCheckpointIO().load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes(tiny_table, tmp_path):
     """Kill `hwnas search fit` at a random moment after its first checkpoint, then resume."""
     out = tmp_path / "run"

@@ -193,6 +193,7 @@ def budget_sweep(tiny_table, tmp_path_factory):
     return code, tmp / "out", path
 
 
+@pytest.mark.slow
 def test_budget_grid_logs_offline_runs_and_tighter_budgets_are_cheaper(budget_sweep):
     code, out, _ = budget_sweep
     assert code == 0
@@ -215,6 +216,7 @@ def test_budget_grid_logs_offline_runs_and_tighter_budgets_are_cheaper(budget_sw
     assert (out / "sweep_pareto.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_fallback_agrees_with_the_wandb_summary(budget_sweep):
     _, out, _ = budget_sweep
     for r in json.loads((out / RESULTS).read_text())["runs"]:
