@@ -19,7 +19,8 @@ HEADLINES = {
     "baselines": {"baselines", "baselines_matched", "mean_family_minus_baseline_pp"},
     "early_exit": {"full_accuracy", "acc_at_0.9", "cost_over_full_at_0.9"},
     "budget_adherence": {f"{loss}_{k}" for loss in ("lagrangian", "hinge", "fbnet")
-                         for k in ("mean_abs_dev", "max_ratio")},
+                         for k in ("shipped_min_ratio", "shipped_max_ratio", "shipped_in_band",
+                                   "argmax_min_ratio", "argmax_max_ratio", "runs")},
     "cost_fidelity": {"mape_pct", "kendall_tau", "within_10pct", "corrected_mape_pct",
                       "switch_us", "load_ms", "load_over_switch"},
 }
@@ -72,6 +73,9 @@ def test_quick_run_all_writes_every_figure(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["figures"]) == set(FIGURES)
     assert all("error" not in entry for entry in summary["figures"].values())
+    adherence = json.loads((tmp_path / "budget_adherence.json").read_text())["headline"]
+    for loss in ("lagrangian", "hinge", "fbnet"):  # what ships never exceeds its ceiling
+        assert adherence[f"{loss}_shipped_max_ratio"] <= 1.0
     twins = json.loads((tmp_path / "one_vs_many.json").read_text())["results"]["members"]
     assert len(twins) >= 2 and all(0 <= r["scratch_accuracy"] <= 1 for r in twins)
 
