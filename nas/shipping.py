@@ -105,12 +105,15 @@ def ship(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequenc
     if not budgets:
         return start
     gen = torch.Generator().manual_seed(seed)
-    drawn = [ArchConfig(tuple(
-        (d.key, d.choices[int(torch.multinomial(probs[d.key].detach().double().cpu()
-                                                if i % 2 else torch.ones(len(d.choices),
-                                                                         dtype=torch.float64),
-                                                1, generator=gen))])
-        for d in space.decisions)) for i in range(samples)]
+    alpha = {k: p.detach().double().cpu() for k, p in probs.items()}
+    uniform = {d.key: torch.ones(len(d.choices), dtype=torch.float64) for d in space.decisions}
+
+    def draw(weights: Mapping[str, torch.Tensor]) -> ArchConfig:
+        return ArchConfig(tuple(
+            (d.key, d.choices[int(torch.multinomial(weights[d.key], 1, generator=gen))])
+            for d in space.decisions))
+
+    drawn = [draw(alpha if i % 2 else uniform) for i in range(samples)]
     first = budgets[0]
     nearest = sorted(set(drawn), key=lambda a: first.violation(a) + first.shortfall(a))
     # the cheapest config of each budget: a start that meets the ceiling whenever one can
