@@ -18,9 +18,11 @@ from typing import Literal
 import torch
 
 from costmodels import CostTable, table_cost
+from nas.shipping import Box, Budget, argmax_config, ship, within
 from supernet import ArchConfig, SearchSpace, SpaceError
 
 Start = Literal["largest", "argmax"]
+SHIPPED = "shipped"  # the label of the member the search itself ships
 CostFn = Callable[[ArchConfig], float]
 
 
@@ -112,32 +114,31 @@ def descend(space: SearchSpace, log_probs: Mapping[str, torch.Tensor], cost: Cos
 
 
 def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: CostFn,
-                start: Start = "largest") -> list[ArchConfig]:
+                start: Start = "largest", anchors: Sequence[ArchConfig] = ()
+                ) -> list[ArchConfig]:
     """Nested configs from the smallest up to the top, with strictly increasing cost.
 
-    ``start="argmax"`` makes the path pass through α's argmax (the search's own answer).
-    Where a step saves no cost, the larger config of equal cost is kept.
+    The path passes through every one of ``anchors`` (a nested chain, in any order), and
+    ``start="argmax"`` adds α's argmax (the search's own answer) to them. Where a step saves
+    no cost, the larger config of equal cost is kept, unless the smaller is an anchor.
     """
     log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
     top, bottom = space.largest(), space.smallest()
-    if start == "argmax":
-        mid = argmax_config(space, probs)
-        path = descend(space, log_probs, cost, top, mid)[:-1]
-        path += descend(space, log_probs, cost, mid, bottom)
-    elif start == "largest":
-        path = descend(space, log_probs, cost, top, bottom)
-    else:
+    if start not in ("largest", "argmax"):
         raise ValueError(f"start: must be 'largest' or 'argmax', got {start!r}")
+    mids = {canonical(space, a)
+            for a in [*anchors, *([argmax_config(space, probs)] if start == "argmax" else [])]}
+    chain = [top, *sorted(mids - {top, bottom}, key=cost, reverse=True), bottom]
+    path = [top]
+    for hi, lo in zip(chain, chain[1:], strict=False):
+        path += descend(space, log_probs, cost, hi, lo)[1:]
     kept: list[ArchConfig] = []
     for arch in map(lambda a: canonical(space, a), path):  # keep each new lower cost level
         if not kept or cost(arch) < cost(kept[-1]):
             kept.append(arch)
+        elif arch in mids:
+            kept[-1] = arch
     return kept[::-1]
-
-
-def argmax_config(space: SearchSpace, probs: Mapping[str, torch.Tensor]) -> ArchConfig:
-    return ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
-                            for d in space.decisions))
 
 
 def canonical(space: SearchSpace, arch: ArchConfig) -> ArchConfig:
@@ -181,25 +182,76 @@ def parse_budgets(items: Sequence[str]) -> dict[str, list[float]]:
     return out
 
 
+def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
+                   budgets: Sequence[Budget], cost: CostFn,
+                   fixed: Sequence[ArchConfig] = ()) -> dict[Budget, ArchConfig]:
+    """For each budget the largest config cannot meet, the config closest below it (in
+    [0.98, 1.00]× it where one nests) that nests with ``fixed`` and with the other budgets'
+    configs, so that one chain can pass through them all.
+
+    Each budget is projected as the shipped member is (`nas.shipping.ship`), then again inside
+    the box between its neighbours in the chain (by ``cost``) when it does not nest with them,
+    starting also from α's greedy path through that box.
+    """
+    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    top, bottom = space.largest(), space.smallest()
+    chain = sorted(set(fixed), key=cost, reverse=True)
+    in_band = [b for b in budgets if any(within([b], a) and b.shortfall(a) == 0 for a in chain)]
+    todo = [b for b in budgets if not within([b], top) and b not in in_band]
+    # where each budget sits along the chain: its own limit when it is in the chain's metric
+    # (the cost function is the same), else the cost of its unconstrained projection
+    free = {b: None if b.cost is cost else ship(space, probs, [b]) for b in todo}
+    level = {b: b.limit if free[b] is None else cost(free[b]) for b in todo}
+    out: dict[Budget, ArchConfig] = {}
+    for b in sorted(todo, key=level.get, reverse=True):
+        above = [a for a in chain if cost(a) >= level[b]]
+        below = [a for a in chain if cost(a) < level[b]]
+        box = Box(lower=below[0] if below else None, upper=above[-1] if above else None)
+        anchor = free[b]
+        if anchor is None or anchor not in box:
+            path = descend(space, log_probs, cost, box.upper or top, box.lower or bottom)
+            fits = [a for a in path if within([b], a)]
+            anchor = ship(space, probs, [b], box=box, starts=fits[:1])
+        if within([b], anchor):
+            out[b] = anchor
+            chain = sorted({*chain, anchor}, key=cost, reverse=True)
+    return out
+
+
 def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: CostTable, *,
                  metric: str = "latency_ms", members: int = 8,
                  budgets: Mapping[str, Sequence[float]] | None = None, start: Start = "largest",
-                 configs: Sequence[ArchConfig | Mapping] | None = None) -> Family:
+                 configs: Sequence[ArchConfig | Mapping] | None = None,
+                 anchors: Mapping[str, ArchConfig] | None = None) -> Family:
     """The family of ``members`` configs along α's nested path (or the given ``configs``,
-    which must form a nested chain), plus the largest path config under each budget."""
+    which must form a nested chain), plus the largest path config under each budget.
+
+    The path passes through a config close below each budget (`budget_anchors`) and through
+    each of ``anchors`` (label → config, e.g. the search's shipped member), which must nest;
+    ``start="argmax"`` adds α's argmax unless it does not nest with ``anchors``.
+    """
     if members < 1:
         raise ValueError(f"members: must be at least 1, got {members}")
     metrics = list(table.metrics)
     for m in [metric, *(budgets or {})]:
         table.check_metric(m)
     costs = {m: cached(lambda a, m=m: table_cost(space, table, a, m)) for m in metrics}
+    anchors = dict(anchors or {})
     if configs is not None:
         path = check_chain(space, configs, costs[metric], metric)
         picks = list(range(len(path)))
     else:
-        path = nested_path(space, probs, costs[metric], start)
+        ceilings = [Budget(m, costs[m], b) for m, values in (budgets or {}).items()
+                    for b in values]
+        fixed = check_chain(space, list(anchors.values()), costs[metric], metric) \
+            if anchors else []
+        argmax = argmax_config(space, probs)
+        with_argmax = start == "argmax" and all(argmax <= a or a <= argmax for a in fixed)
+        fixed += [argmax] if with_argmax else []
+        near = budget_anchors(space, probs, ceilings, costs[metric], fixed)
+        path = nested_path(space, probs, costs[metric], "largest", [*fixed, *near.values()])
         picks = spread([costs[metric](a) for a in path], members)
-        if start == "argmax":  # the search's own answer (or a larger config as cheap) is kept
+        if with_argmax:  # the search's own answer (or a larger config as cheap) is kept
             limit = costs[metric](argmax_config(space, probs)) * (1 + 1e-12)
             picks = sorted(set(picks) | {max(i for i, a in enumerate(path)
                                              if costs[metric](a) <= limit)})
@@ -211,6 +263,9 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
                 raise ValueError(f"budget {m}<={b:g}: no nested member fits; the smallest "
                                  f"costs {costs[m](path[0]):.6g} {m}")
             labels.setdefault(fit[-1], []).append(f"{m}<={b:g}")
+    for label, arch in anchors.items():
+        if configs is None:
+            labels.setdefault(path.index(canonical(space, arch)), []).append(label)
     chosen = sorted(set(picks) | set(labels))
     log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
     out = []
@@ -251,8 +306,11 @@ def check_chain(space: SearchSpace, configs: Sequence[ArchConfig | Mapping], cos
 
 
 def family_from_search(search, table: CostTable | None = None, **kwargs) -> Family:
-    """`build_family` from a trained `SupernetSearch` (its α, space and cost table)."""
+    """`build_family` from a trained `SupernetSearch` (its α, space and cost table); the
+    member the search ships for its own budgets is in the family, labelled ``shipped``."""
     table = table if table is not None else search.table  # the checkpoint's own
     with torch.no_grad():
         probs = {k: p.detach() for k, p in search.arch.probs().items()}
+    if search.budgets and kwargs.get("configs") is None:
+        kwargs.setdefault("anchors", {SHIPPED: search.shipped()})
     return build_family(search.search_space, probs, table, **kwargs)

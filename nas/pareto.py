@@ -74,20 +74,23 @@ def write_pareto_json(records: list[dict[str, Any]], path: Path, **meta: Any) ->
 
 def budget_lines(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, str]]]:
     """Per metric, the user budgets (value, picked member) that records were picked for;
-    labels read ``"latency_ms<=2"``."""
+    labels read ``"latency_ms<=2"`` (other labels, such as ``"shipped"``, are not budgets)."""
     lines: dict[str, list[tuple[float, str]]] = {}
     for r in records:
         for label in r.get("budgets", []):
-            m, _, value = label.partition("<=")
-            lines.setdefault(m, []).append((float(value), r["name"]))
+            m, sep, value = label.partition("<=")
+            if sep:
+                lines.setdefault(m, []).append((float(value), r["name"]))
     return lines
 
 
 def budget_summary(records: list[dict[str, Any]]) -> str:
     """For each user budget, the member picked, its cost and its accuracy, on one line:
-    ``"latency_ms<=2 → m3 (1.93, 0.965x, acc 0.812)"`` joined by ``"; "``."""
+    ``"latency_ms<=2 → m3 (1.93, 0.965x, acc 0.812)"`` joined by ``"; "``, after the member
+    the search shipped (``"shipped m2 (acc 0.801)"``) when the family has it."""
     by_name = {r["name"]: r for r in records}
-    parts = []
+    parts = [f"shipped {r['name']} (acc {accuracy_of(r):.3f})" for r in records
+             if "shipped" in r.get("budgets", [])]
     for metric, picks in budget_lines(records).items():
         for value, name in sorted(picks):
             cost = by_name[name]["costs"][metric]

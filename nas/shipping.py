@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from nas.budget import cheapest_config
-from nas.family import argmax_config
 from supernet import ArchConfig, SearchSpace
 
 BAND = 0.02  # relative width of the band a shipped cost should land in
@@ -47,6 +46,12 @@ class Budget:
         return 0.0 if self.equality else max(0.0, 1 - BAND - self.ratio(arch))
 
 
+def argmax_config(space: SearchSpace, probs: Mapping[str, torch.Tensor]) -> ArchConfig:
+    """α's most likely config: each decision's most probable choice."""
+    return ArchConfig(tuple((d.key, d.choices[int(probs[d.key].argmax())])
+                            for d in space.decisions))
+
+
 def log_prob(log_probs: Mapping[str, torch.Tensor], space: SearchSpace, arch: ArchConfig) -> float:
     return sum(float(log_probs[d.key][d.choices.index(arch[d.key])]) for d in space.decisions)
 
@@ -60,13 +65,35 @@ def neighbours(space: SearchSpace, arch: ArchConfig):
                 yield ArchConfig.from_dict({**values, d.key: c})
 
 
+@dataclass(frozen=True)
+class Box:
+    """The configs nested between ``lower`` and ``upper`` (either end open when None): where
+    a family member between two others must lie to keep the chain nested."""
+
+    lower: ArchConfig | None = None
+    upper: ArchConfig | None = None
+
+    def __contains__(self, arch: ArchConfig) -> bool:
+        return ((self.lower is None or self.lower <= arch)
+                and (self.upper is None or arch <= self.upper))
+
+    def clip(self, arch: ArchConfig) -> ArchConfig:
+        """``arch`` with each decision moved into [lower, upper] (choices are ordered)."""
+        values = arch.to_dict()
+        if self.lower is not None:
+            values = {k: max(v, self.lower[k]) for k, v in values.items()}
+        if self.upper is not None:
+            values = {k: min(v, self.upper[k]) for k, v in values.items()}
+        return ArchConfig.from_dict(values)
+
+
 def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequence[Budget],
             start: ArchConfig, extra_starts: Sequence[ArchConfig] = (), beam: int = 8,
-            patience: int = 4) -> ArchConfig:
+            patience: int = 4, box: Box = Box()) -> ArchConfig:
     """The config to ship: lexicographically, the least budget violation, then (first budget)
     the least shortfall under its band, then the highest log-probability under ``probs``.
     The beam starts from ``start`` (α's argmax) and ``extra_starts`` (e.g. the family path's
-    configs on either side of the budget)."""
+    configs on either side of the budget) and never leaves ``box``."""
     log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
     memo: dict[ArchConfig, tuple[float, float, float]] = {}
 
@@ -77,11 +104,12 @@ def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequ
                           -log_prob(log_probs, space, arch))
         return memo[arch]
 
-    frontier = list(dict.fromkeys([start, *extra_starts]))
+    frontier = list(dict.fromkeys(box.clip(a) for a in [start, *extra_starts]))
     best, stale = min(frontier, key=score), 0
     while stale < patience:  # stop after `patience` rounds that found nothing better
         seen = set(memo)
-        candidates = {n for a in frontier for n in neighbours(space, a) if n not in seen}
+        candidates = {n for a in frontier for n in neighbours(space, a)
+                      if n not in seen and n in box}
         if not candidates:
             break
         # explore by distance to the band from either side; keep the best by feasibility first
@@ -96,12 +124,13 @@ def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequ
 
 
 def ship(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequence[Budget],
-         samples: int = 256, seed: int = 0) -> ArchConfig:
+         samples: int = 256, seed: int = 0, box: Box = Box(),
+         starts: Sequence[ArchConfig] = ()) -> ArchConfig:
     """`project` from α's argmax and from the configs nearest the band among ``samples``
     drawn half from softmax(α), half uniformly (a seeded draw: the same α ships the same
-    member). Local moves alone stall between the table's cost steps; these starts spread over
-    the cost range."""
-    start = argmax_config(space, probs)
+    member) and from ``starts``, all clipped into ``box``. Local moves alone stall between the
+    table's cost steps; these starts spread over the cost range."""
+    start = box.clip(argmax_config(space, probs))
     if not budgets:
         return start
     gen = torch.Generator().manual_seed(seed)
@@ -113,12 +142,12 @@ def ship(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequenc
             (d.key, d.choices[int(torch.multinomial(weights[d.key], 1, generator=gen))])
             for d in space.decisions))
 
-    drawn = [draw(alpha if i % 2 else uniform) for i in range(samples)]
+    drawn = [box.clip(draw(alpha if i % 2 else uniform)) for i in range(samples)]
     first = budgets[0]
     nearest = sorted(set(drawn), key=lambda a: first.violation(a) + first.shortfall(a))
     # the cheapest config of each budget: a start that meets the ceiling whenever one can
     cheapest = [cheapest_config(space, b.cost) for b in budgets]
-    return project(space, probs, budgets, start, nearest[:8] + cheapest)
+    return project(space, probs, budgets, start, [*nearest[:8], *cheapest, *starts], box=box)
 
 
 def describe(budgets: Sequence[Budget], arch: ArchConfig) -> str:

@@ -14,6 +14,7 @@ import nas.export
 from deploy import load_member
 from nas.export import export_command, export_family, log_artifact
 from nas.recalibrate import recalibrate_bn
+from nas.search import load_search
 from supernet import SpaceError
 from tests.conftest import synthetic_data as data
 
@@ -155,9 +156,14 @@ def test_export_command_end_to_end(trained, tmp_path, capsys):
     assert "m0" in text and "acc@1" in text
     family = torch.load(out / "family.pt", weights_only=True)
     top = family["members"][-1]["name"]
-    assert family["budget_picks"] == {"latency_ms<=1000": top}
+    shipped = load_search(trained[1]).shipped().to_dict()  # the search's own member is in it
+    member = next(m for m in family["members"] if m["config"] == shipped)
+    assert family["budget_picks"] == {"latency_ms<=1000": top, "shipped": member["name"]}
+    n = len(family["members"])
+    assert n in (2, 3)  # two spread members, plus the shipped one unless it is one of them
     last = text.strip().splitlines()[-1]  # the line read first: each budget's pick
-    assert last.startswith("export: 2 members in ") and f"latency_ms<=1000 → {top} (" in last
+    assert last.startswith(f"export: {n} members in ") and f"latency_ms<=1000 → {top} (" in last
+    assert f"shipped {member['name']} (acc " in last
     configs = tmp_path / "bad.json"
     configs.write_text(json.dumps([{"stage1.width": 10}]))
     from nas.cli import main

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from costmodels import build_analytic_table, table_cost
-from nas.family import argmax_config, build_family, nested_path, parse_budgets, spread
+from nas.family import argmax_config, build_family, cached, nested_path, parse_budgets, spread
 from nas.pareto import format_table, mark_front, pareto_flags
 from supernet import SpaceError
 
@@ -143,3 +143,47 @@ def test_pareto_flags_and_table():
     assert records[1]["on_front"] == {METRIC: False, "macs": True, "measured_latency_ms": False}
     text = format_table(records)
     assert "m0" in text and "*" in text
+
+
+@pytest.mark.slow
+def test_each_budget_has_a_member_close_below_it_and_the_chain_stays_nested(fmnist_space):
+    """The chain passes through a config in [0.98, 1.00]× each budget where one nests; α's
+    plain greedy path alone leaves most budgets with a coarse step below them."""
+    space = fmnist_space
+    table = build_analytic_table(space, "edgetpu")
+    c = cost(space, table)
+    lo, hi = c(space.smallest()), c(space.largest())
+    c = cached(c)
+    gen, close, plain = torch.Generator().manual_seed(1), 0, 0
+    for _ in range(2):
+        probs = {d.key: torch.softmax(2 * torch.randn(len(d.choices), generator=gen), -1)
+                 for d in space.decisions}
+        budgets = sorted(lo + (hi - lo) * float(f) for f in torch.rand(3, generator=gen))
+        anchor = argmax_config(space, probs)
+        fam = build_family(space, probs, table, members=3, budgets={METRIC: budgets},
+                           anchors={"shipped": anchor})
+        assert_chain(space, table, [m.config for m in fam.members])
+        assert c(fam[fam.budget_picks["shipped"]].config) == c(anchor)
+        path = nested_path(space, probs, c)
+        for b in budgets:
+            picked = fam[fam.budget_picks[f"{METRIC}<={b:g}"]].costs[METRIC]
+            assert picked <= b
+            close += picked >= 0.98 * b
+            plain += max(c(a) for a in path if c(a) <= b) >= 0.98 * b
+    assert close >= 4 and plain <= 1  # of 6 budgets
+
+
+def test_budget_anchors_bring_members_closer_below_budgets_on_the_tiny_space(tiny_space, table):
+    c = cached(cost(tiny_space, table))
+    lo, hi = c(tiny_space.smallest()), c(tiny_space.largest())
+    gen, anchored, plain = torch.Generator().manual_seed(1), [], []
+    for _ in range(3):
+        probs = skewed(tiny_space, int(torch.randint(100, (1,), generator=gen)))
+        budgets = [lo + (hi - lo) * f for f in (0.2, 0.5, 0.8)]
+        fam = build_family(tiny_space, probs, table, members=2, budgets={METRIC: budgets})
+        assert_chain(tiny_space, table, [m.config for m in fam.members])
+        path = nested_path(tiny_space, probs, c)
+        for b in budgets:
+            anchored.append(fam[fam.budget_picks[f"{METRIC}<={b:g}"]].costs[METRIC] / b)
+            plain.append(max(c(a) for a in path if c(a) <= b) / b)
+    assert max(anchored) <= 1 and sum(anchored) > sum(plain)
