@@ -12,7 +12,16 @@ import yaml
 
 from nas.cli import main
 from nas.sweep import from_checkpoint
-from nas.sweep_file import RESULT, RESULTS, SweepError, expand, format_args, load_sweep, run_id
+from nas.sweep_file import (
+    RECORD,
+    RESULT,
+    RESULTS,
+    SweepError,
+    expand,
+    format_args,
+    load_sweep,
+    run_id,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FRACTIONS = [0.15, 0.4, 1.0]
@@ -168,13 +177,13 @@ def test_failed_run_is_reported_others_finish_and_a_rerun_resumes(tmp_path, caps
     assert failed["exit_code"] == 1 and "boom" in failed["error"]
     assert results["sweep"]["finished"] == 3 and results["sweep"]["failed"] == 1
     ids = {r["parameters"]["x"]: r["id"] for r in results["runs"]}
-    stamps = {x: (out / i / RESULT).stat().st_mtime_ns for x, i in ids.items() if x != 2}
+    stamps = {x: (out / i / RECORD).stat().st_mtime_ns for x, i in ids.items() if x != 2}
 
     assert main(["sweep", str(path), "--out", str(out)]) == 1
     assert capsys.readouterr().out.count("finished before, skipped") == 3
     calls = {x: int((out / i / "calls").read_text()) for x, i in ids.items()}
     assert calls == {1: 1, 2: 2, 3: 1, 4: 1}  # only the failed run ran again
-    assert stamps == {x: (out / ids[x] / RESULT).stat().st_mtime_ns for x in stamps}
+    assert stamps == {x: (out / ids[x] / RECORD).stat().st_mtime_ns for x in stamps}
 
 
 # -- real searches: the tiny space, synthetic data, three steps each -----------------------------
@@ -233,7 +242,7 @@ def test_infeasible_budget_fails_alone_and_finished_runs_are_not_rerun(budget_sw
     spec["parameters"]["model.budget.fraction"]["values"] = [0.01, *FRACTIONS]
     path = first.with_name("with_infeasible.yaml")
     path.write_text(yaml.safe_dump(spec))
-    before = {d.name: (d / RESULT).stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
+    before = {d.name: (d / RECORD).stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
     wandb_runs = len(list(out.glob("*/wandb/offline-run-*")))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -247,6 +256,6 @@ def test_infeasible_budget_fails_alone_and_finished_runs_are_not_rerun(budget_sw
     assert [r["parameters"]["model.budget.fraction"] for r in failed] == [0.01]
     assert "below the cheapest member's cost" in failed[0]["error"]
     assert results["sweep"]["finished"] == 3
-    assert before == {d: (out / d / RESULT).stat().st_mtime_ns for d in before}
+    assert before == {d: (out / d / RECORD).stat().st_mtime_ns for d in before}
     assert len(list(out.glob("*/wandb/offline-run-*"))) == wandb_runs
-    assert os.path.isdir(failed[0]["dir"]) and not Path(failed[0]["dir"], RESULT).exists()
+    assert os.path.isdir(failed[0]["dir"]) and not Path(failed[0]["dir"], RECORD).exists()
