@@ -20,6 +20,7 @@ from nas.sweep_file import (
     expand,
     format_args,
     load_sweep,
+    propose,
     run_id,
 )
 
@@ -184,6 +185,56 @@ def test_failed_run_is_reported_others_finish_and_a_rerun_resumes(tmp_path, caps
     calls = {x: int((out / i / "calls").read_text()) for x, i in ids.items()}
     assert calls == {1: 1, 2: 2, 3: 1, 4: 1}  # only the failed run ran again
     assert stamps == {x: (out / ids[x] / RECORD).stat().st_mtime_ns for x in stamps}
+
+
+BAYES_STAND_IN = """
+import json, os, sys
+from pathlib import Path
+x = float(next(a for a in sys.argv if a.startswith("--x=")).partition("=")[2])
+Path(os.environ["WANDB_DIR"], "result.json").write_text(
+    json.dumps({"summary": {"final/val_acc": 1 - (x - 0.7) ** 2}}))
+"""
+
+
+def test_bayes_is_the_engines_gaussian_process_and_beats_random_draws():
+    spec = {"method": "bayes", "metric": {"name": "acc", "goal": "maximize"},
+            "parameters": {"x": {"min": 0.0, "max": 1.0}, "y": {"min": 0.0, "max": 1.0}}}
+
+    def acc(p):
+        return 1 - (p["x"] - 0.7) ** 2 - (p["y"] - 0.2) ** 2
+
+    history = []
+    for _ in range(12):
+        p = propose(spec, history, seed=0)
+        history.append((p, "finished", {"acc": acc(p)}))
+    draws = expand(dict(spec, method="random"), count=12, seed=0)
+    assert max(acc(p) for p, _, _ in history) > 0.999 > max(map(acc, draws))
+    assert propose(spec, history, seed=0) == propose(spec, history, seed=0)  # same runs, same next
+
+
+def test_bayes_sweep_proposes_from_finished_runs_and_a_rerun_extends_it(tmp_path, capsys):
+    program = tmp_path / "stand_in.py"
+    program.write_text(BAYES_STAND_IN)
+    path = write_sweep(tmp_path / "b.yaml", {"x": {"min": 0.0, "max": 1.0}},
+                       program=str(program), method="bayes",
+                       metric={"name": "final/val_acc", "goal": "maximize"})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--count", "4", "--parallel", "2"]) == 0
+    results = json.loads((out / RESULTS).read_text())
+    assert [r["status"] for r in results["runs"]] == ["finished"] * 4
+    best = next(r for r in results["runs"] if r["id"] == results["best"])
+    assert best["val_acc"] == max(r["val_acc"] for r in results["runs"])
+    capsys.readouterr()
+
+    assert main(["sweep", str(path), "--out", str(out), "--count", "6"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished before, skipped") == 4 and log.count(": running") == 2
+    assert len(json.loads((out / RESULTS).read_text())["runs"]) == 6
+
+    path.write_text(path.read_text().replace("metric:", "unused:"))
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path), "--dry-run"])
+    assert "metric: method bayes needs the metric it optimizes" in capsys.readouterr().err
 
 
 # -- real searches: the tiny space, synthetic data, three steps each -----------------------------
