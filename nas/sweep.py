@@ -362,13 +362,17 @@ def sweep_command(argv: list[str]) -> int:
     print(f"sweep {sweep.spec['name']}: {sweep.spec['method']}, {sweep.total} runs -> "
           f"{sweep.out}" + (f"\nnote: {sweep.note}" if sweep.note else ""), flush=True)
     if args.dry_run:
+        done = [sweep.out / run_id(p) / RECORD for p in sweep.runs]
+        proposed = sweep.propose([json.loads(f.read_text()) if f.is_file() else None
+                                  for f in done])  # bayes: the next run W&B's search picks
         for i, params in enumerate(sweep.runs):
             run_dir = (sweep.out / run_id(params)).resolve()
-            state = "finished" if (run_dir / RECORD).is_file() else "to run"
+            state = ("next proposal" if params is proposed else
+                     "finished" if (run_dir / RECORD).is_file() else "to run")
             print(f"[{i + 1}/{sweep.total}] {run_id(params)} ({state}): "
                   + " ".join(sweep.command(params, run_dir)))
         if len(sweep.runs) < sweep.total:
-            print(f"[{len(sweep.runs) + 1}-{sweep.total}/{sweep.total}] proposed by the bayes "
+            print(f"[{len(sweep.runs) + 1}-{sweep.total}/{sweep.total}]: proposed by the bayes "
                   "search as runs finish")
         return 0
     return run_sweep(sweep, args.parallel, lambda line: print(line, flush=True))

@@ -40,9 +40,14 @@ def _engine():
     """W&B's sweep engine, imported quietly (its pydantic model config warns on import)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import sweeps
-        from sweeps.config.schema import dereferenced_sweep_config_jsonschema as schema
-        from sweeps.params import HyperParameter
+        try:
+            import sweeps
+            from sweeps.config.schema import dereferenced_sweep_config_jsonschema as schema
+            from sweeps.params import HyperParameter
+        except ImportError as e:
+            raise SweepError(f"W&B's sweep engine is missing ({e}): install it with `pip install "
+                             "-c constraints.txt --no-deps sweeps` (as `make install` does)"
+                             ) from None
     return sweeps, schema, HyperParameter
 
 
@@ -62,9 +67,13 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise SweepError(f"{path}: expected a mapping with method, parameters and command")
     if spec.get("method") not in METHODS:
         raise SweepError(f"method: got {spec.get('method')!r}; use one of {', '.join(METHODS)}")
-    if spec["method"] == "bayes" and not isinstance(spec.get("metric"), dict):
+    metric = spec.get("metric")
+    if metric is None and spec["method"] == "bayes":
         raise SweepError("metric: method bayes needs the metric it optimizes, e.g. "
                          "{name: final/val_acc, goal: maximize}")
+    if metric is not None and (not isinstance(metric, dict) or "name" not in metric
+                               or metric.get("goal", "minimize") not in ("minimize", "maximize")):
+        raise SweepError(f"metric: got {metric!r}; use {{name: final/val_acc, goal: maximize}}")
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise SweepError(f"parameters: got {params!r}; give at least one, e.g. "
@@ -100,8 +109,12 @@ def _check_parameter(where: str, p: Any, method: str, known: list[str]) -> None:
                          f"{', '.join(known)}")
     try:
         kind = HyperParameter(where, p).type
-    except Exception:  # noqa: BLE001 - W&B's schema says why, in load_sweep
-        return
+    except ValueError as e:  # e.g. min above max
+        raise SweepError(str(e)) from None
+    except Exception:  # noqa: BLE001 - the schema's own error names neither key nor fix
+        raise SweepError(f"{where}: got {p!r}, which W&B's sweep schema refuses; give "
+                         "{values: [...]} (not empty), {value: x} or {distribution: ..., min: "
+                         "..., max: ...} (min > 0 for log distributions)") from None
     if method == "grid" and kind not in (HyperParameter.CONSTANT, HyperParameter.CATEGORICAL,
                                          HyperParameter.INT_UNIFORM, HyperParameter.Q_UNIFORM):
         raise SweepError(f"{where}: method grid needs values (or int_uniform / q_uniform), got "
@@ -234,9 +247,9 @@ def _parse(parser, argv: list[str]) -> dict[str, Any]:
     try:
         cfg = parser.parse_args(argv)
     except jsonargparse.ArgumentError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        why = next((line for line in lines if line.startswith(("Expected", "Option"))),
-                   lines[0] if lines else "rejected")
+        lines = [line.strip().removeprefix("- ") for line in str(e).splitlines()]
+        why = next((line for line in lines if line.startswith(("Expected", "Option"))
+                    and "NoneType" not in line), lines[0] or "rejected")
         raise SweepError(why.removeprefix("error: ")) from None
     return dict(cfg[argv[0]].items(branches=False))
 

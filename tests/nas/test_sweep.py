@@ -140,7 +140,7 @@ def test_parameters_are_checked_against_the_search_cli(tmp_path, capsys, monkeyp
     assert not out.exists()  # nothing launched
 
 
-@pytest.mark.parametrize("name", ["latency_budgets", "relaxation_and_lambda"])
+@pytest.mark.parametrize("name", ["latency_budgets", "relaxation_and_lambda", "weights_bayes"])
 def test_shipped_sweep_files_pass_the_checks(name, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     assert main(["sweep", f"configs/sweeps/{name}.yaml", "--dry-run", "--count", "2",
