@@ -237,6 +237,38 @@ def test_bayes_sweep_proposes_from_finished_runs_and_a_rerun_extends_it(tmp_path
     assert "metric: method bayes needs the metric it optimizes" in capsys.readouterr().err
 
 
+def test_a_search_writes_its_own_result_at_fit_end(tiny_space, tiny_table, tmp_path):
+    """RunResult: the shipped member, its table costs against the budget and the last logged
+    metrics, priced independently here from the table file."""
+    import pytorch_lightning as L
+
+    from costmodels import CostTable, table_cost
+    from nas.callbacks import RunResult
+    from nas.data import SyntheticDataModule
+    from nas.search import SupernetSearch
+    from supernet import ArchConfig
+    from tests.conftest import TINY
+
+    module = SupernetSearch(space=TINY, cost_table=tiny_table, warmup_epochs=0,
+                            sandwich_random=0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0, callbacks=[RunResult()])
+    trainer.fit(module, SyntheticDataModule(num_samples=256, batch_size=32))
+    result = json.loads((tmp_path / RESULT).read_text())  # beside the checkpoints' folder
+    summary, table = result["summary"], CostTable.load(tiny_table)
+    arch = ArchConfig.from_dict(json.loads(summary["final/arch"]))
+    priced = [m for m in table.metrics if f"final/{m}" in summary]
+    assert "latency_ms" in priced  # the budget's metric
+    for metric in priced:
+        assert summary[f"final/{metric}"] == pytest.approx(table_cost(tiny_space, table, arch,
+                                                                      metric))
+    assert summary["final/val_acc"] == summary["val/acc"] == pytest.approx(
+        float(trainer.callback_metrics["val/acc"]))
+    assert Path(result["checkpoint"]).is_file() and result["wandb_run"] is None
+
+
 # -- real searches: the tiny space, synthetic data, three steps each -----------------------------
 @pytest.fixture(scope="module")
 def budget_sweep(tiny_table, tmp_path_factory):
