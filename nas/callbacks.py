@@ -84,8 +84,8 @@ class AlphaHistory(L.Callback):
 
 class RunResult(L.Callback):
     """At fit end, writes ``result.json`` into the run's directory (beside its checkpoints):
-    ``{"summary": {…}, "checkpoint": …, "wandb_run": …}``. The summary holds what the run's W&B
-    summary holds: the last value of every logged scalar and the search's final figures
+    ``{"summary": {…}, "checkpoint": …, "epochs": …, "wandb_run": …}``. The summary holds what
+    a W&B run summary holds: the last value of every logged scalar and the search's final figures
     (``final/arch``, ``final/latency_ms``, ``final/budget_…``, ``final/val_acc``, …), so a sweep
     or a user reads a run's outcome from one file, whatever the logger and with no W&B server."""
 
