@@ -21,6 +21,7 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python $(INSTALL_INPUTS)
 	$(VENV)/bin/python -m pip install -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install -c constraints.txt --no-deps sweeps
 	touch $@
 
 data:

@@ -1,15 +1,18 @@
-"""α's history over a search, as JSON and a plot."""
+"""The search's own callbacks: the latest checkpoint, α's history (JSON and a plot) and the
+run's final result (JSON)."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytorch_lightning as L
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
+from nas.pareto import write_atomic
 from nas.search import SupernetSearch
 
 
@@ -77,6 +80,28 @@ class AlphaHistory(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="alpha", images=[str(png)])
+
+
+class RunResult(L.Callback):
+    """At fit end, writes ``result.json`` into the run's directory (beside its checkpoints):
+    ``{"summary": {…}, "checkpoint": …, "epochs": …, "wandb_run": …}``. The summary holds what
+    a W&B run summary holds: the last value of every logged scalar and the search's final figures
+    (``final/arch``, ``final/latency_ms``, ``final/budget_…``, ``final/val_acc``, …), so a sweep
+    or a user reads a run's outcome from one file, whatever the logger and with no W&B server."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def on_fit_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        if not trainer.is_global_zero:
+            return
+        wandb_run = getattr(sys.modules.get("wandb"), "run", None)  # when it logs to W&B
+        summary = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        result = {"summary": summary | module.final_summary(module.shipped()),
+                  "checkpoint": module.latest_checkpoint(), "epochs": trainer.current_epoch,
+                  "wandb_run": str(Path(wandb_run.dir).parent) if wandb_run else None}
+        path = Path(self.path or run_dir(trainer) / "result.json")
+        write_atomic(path, lambda p: p.write_text(json.dumps(result, indent=1) + "\n"))
 
 
 def batches_done(trainer: L.Trainer, in_epoch: int = 0) -> int:

@@ -16,7 +16,7 @@ from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from nas.callbacks import AlphaHistory, LatestCheckpoint
+from nas.callbacks import AlphaHistory, LatestCheckpoint, RunResult
 from nas.checkpoint_io import read_search_checkpoint
 from nas.data import SplitDataModule
 from nas.search import SupernetSearch
@@ -65,6 +65,7 @@ class SearchCLI(LightningCLI):
         parser.add_lightning_class_args(AlphaHistory, "alpha_history")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(RunResult, "run_result")
         parser.add_argument("--allow-foreign-table", type=bool, default=False,
                             help="search with a measured table even if it describes another "
                                  "machine or drifts beyond ±10%% here")
@@ -93,8 +94,8 @@ class SearchCLI(LightningCLI):
                      model["space"], allow_foreign=bool(cfg.get("allow_foreign_table")))
 
 
-def search_command(argv: list[str]) -> int:
-    SearchCLI(
+def search_command(argv: list[str], cli: type[SearchCLI] = SearchCLI) -> int:
+    cli(
         SupernetSearch,
         SplitDataModule,
         subclass_mode_data=True,

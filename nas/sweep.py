@@ -1,9 +1,10 @@
 """`hwnas sweep`: run a W&B sweep file with no W&B server, one subprocess per run.
 
-Each run gets its own directory, named by a hash of its parameters, and logs to W&B offline; a
-run is finished when its ``result.json`` exists, so rerunning the command resumes a half-done
-sweep. The sweep's results are ``sweep_results.json`` and ``sweep_pareto.png`` (accuracy
-against table cost, a point a run). The file itself is read by `nas.sweep_file`.
+Each run gets its own directory, named by a hash of its parameters, and logs to W&B offline;
+the search writes its own ``result.json`` there at fit end (`nas.callbacks.RunResult`) and the
+sweep adds ``sweep_run.json`` when the run finished, so rerunning the command resumes a half-done
+sweep. The sweep's results are ``sweep_results.json`` and ``sweep_pareto.png`` (accuracy against
+table cost, a point a run). The file itself, its draws and its checks are `nas.sweep_file`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from nas.pareto import pareto_flags, write_atomic
 from nas.sweep_file import (
     PLOT,
+    RECORD,
     RESULT,
     RESULTS,
     SweepError,
@@ -31,6 +32,7 @@ from nas.sweep_file import (
     check_options,
     expand,
     load_sweep,
+    propose,
     run_id,
     search_args,
 )
@@ -71,83 +73,46 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join([line for line in kept if line.strip()][-lines:])
 
 
-def read_wandb_summary(run_dir: Path) -> tuple[dict[str, Any], Path | None]:
-    """The summary of the run's latest W&B run folder: ``files/wandb-summary.json`` where W&B
-    wrote one, else read from the offline ``.wandb`` log by ``wandb leet inspect --summary``."""
-    pattern = re.compile(r"^(offline-)?run-(\d{8}_\d{6})-")
-    found = [p for p in (run_dir / "wandb").glob("*run-*")
-             if p.is_dir() and pattern.match(p.name)]
-    if not found:
-        return {}, None
-    latest = max(found, key=lambda p: pattern.match(p.name).group(2))
-    file = latest / "files" / "wandb-summary.json"
-    if file.is_file():
-        return json.loads(file.read_text()), latest
-    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json",
-                           str(latest)], capture_output=True, text=True, timeout=300)
-    try:
-        return json.loads(done.stdout).get("summary") or {}, latest
-    except json.JSONDecodeError:
-        return {}, latest
-
-
 def from_checkpoint(path: Path) -> dict[str, Any]:
-    """Shipped config, last monitored accuracy and table costs from a search checkpoint (for runs
-    that log no W&B summary)."""
+    """The member a search checkpoint ships and its costs, priced with the table the checkpoint
+    carries (no W&B, no run directory, no table file)."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt.get("hwnas", {})
-    out: dict[str, Any] = {"arch": meta.get("shipped", meta.get("argmax"))}
-    for key, state in ckpt.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
-            out["val_acc"] = float(state["current_score"])
-    carried = meta.get("cost_table")  # older checkpoints: only the path of the table file
-    table_file = ckpt.get("hyper_parameters", {}).get("cost_table")
-    if out["arch"] and meta.get("space") and (carried is not None or (
-            isinstance(table_file, str) and Path(table_file).is_file())):
-        from costmodels import CostTable, table_cost
-        from supernet import ArchConfig, SearchSpace
+    from costmodels import CostTable, table_cost
+    from supernet import ArchConfig, SearchSpace
 
-        space = SearchSpace(meta["space"])
-        table = (CostTable.from_dict(carried, f"{path}: its cost table") if carried is not None
-                 else CostTable.load(table_file))
-        arch = ArchConfig.from_dict(out["arch"])
-        out["costs"] = {m: table_cost(space, table, arch, m) for m in table.metrics}
-    return out
+    meta = torch.load(path, map_location="cpu", weights_only=True)["hwnas"]
+    table = CostTable.from_dict(meta["cost_table"], f"{path}: its cost table")
+    arch = meta.get("shipped", meta.get("argmax"))
+    config = ArchConfig.from_dict(arch)
+    return {"arch": arch, "costs": {m: table_cost(SearchSpace(meta["space"]), table, config, m)
+                                    for m in table.metrics}}
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
-    """What a finished run reports: final argmax config, table costs, budgets, accuracy."""
-    summary, wandb_dir = read_wandb_summary(run_dir)
+    """What a finished run reports, from the ``result.json`` it wrote (none: a program that is
+    not a search): the member it ships, its table costs, budgets and accuracy."""
+    result = json.loads((run_dir / RESULT).read_text()) if (run_dir / RESULT).is_file() else {}
+    summary = result.get("summary", {})
     final = {k.removeprefix("final/"): v for k, v in summary.items() if k.startswith("final/")}
-    arch = final.get("arch")
-    out: dict[str, Any] = {
-        "arch": json.loads(arch) if isinstance(arch, str) else arch,
+    return {
+        "arch": json.loads(final["arch"]) if "arch" in final else None,
         "costs": {k: v for k, v in final.items() if isinstance(v, int | float)
-                  and not k.startswith(("budget_", "lambda_")) and not k.endswith("acc")},
+                  and not k.startswith(("budget_", "lambda_", "ratio_")) and k != "val_acc"},
         "budgets": {k.removeprefix("budget_"): v for k, v in final.items()
                     if k.startswith("budget_")},
         "val_acc": final.get("val_acc", summary.get("val/acc")),
-        "checkpoint": None,
-        "wandb_run": str(wandb_dir) if wandb_dir else None,
-        "summary": {k: v for k, v in summary.items()
-                    if isinstance(v, int | float | str) and not k.startswith("_")},
+        "checkpoint": result.get("checkpoint"),
+        "wandb_run": result.get("wandb_run"),
+        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str)},
     }
-    ckpts = [run_dir / "checkpoints" / "last.ckpt"] + sorted(run_dir.rglob("last.ckpt"))
-    ckpt = next((c for c in ckpts if c.is_file()), None)
-    if ckpt is not None:
-        out["checkpoint"] = str(ckpt)
-        if out["arch"] is None or out["val_acc"] is None:
-            fallback = from_checkpoint(ckpt)
-            out |= {k: v for k, v in fallback.items() if out.get(k) in (None, {})}
-    return out
 
 
 # -- the sweep --------------------------------------------------------------------------------
 class Sweep:
     """A checked sweep: its spec, the runs' parameters and, for search commands, the overrides
-    that put each run's logs and checkpoints in its own directory."""
+    that put each run's logs, checkpoints and result in its own directory. A bayes sweep knows
+    only the runs started so far; `propose` draws the next."""
 
     def __init__(self, path: str | Path, out: str | Path | None = None, count: int | None = None,
                  seed: int = 0, cost_metric: str | None = None):
@@ -156,9 +121,12 @@ class Sweep:
         self.out = Path(out or Path("runs") / "sweeps" / str(self.spec["name"]))
         drawn = expand(self.spec, count, seed)
         self.seed, self.runs = seed, list({run_id(p): p for p in drawn}.values())
-        notes = ["bayes needs the W&B server's optimizer: running it as a seeded random search"
-                 ] if self.spec["method"] == "bayes" else []
-        if len(self.runs) < len(drawn):
+        self.total, notes = len(self.runs), []
+        if self.spec["method"] == "bayes":
+            self.runs, self.total = self.started(), count or self.spec["run_cap"]
+            notes.append("bayes: W&B's Gaussian-process search proposes each run from the "
+                         f"finished ones ({len(self.runs)} started before)")
+        elif len(self.runs) < len(drawn):
             notes.append(f"{len(drawn) - len(self.runs)} repeated draws dropped (same parameters,"
                          " same run)")
         argv = build_command(self.spec, {})
@@ -171,12 +139,31 @@ class Sweep:
             notes.append("the command does not run `hwnas search fit|validate|test`: parameter "
                          "names are not checked and runs get no per-run log/checkpoint options")
         self.note = "\n".join(notes)
-        # run names show the parameters that vary
-        self.varying = [k for k in self.spec["parameters"]
-                        if len({json.dumps(r[k]) for r in self.runs}) > 1] or None
+        keys = list(self.spec["parameters"])  # run names show the parameters that vary
+        self.varying = [k for k in keys if "value" not in self.spec["parameters"][k]] or None
         self.cost_metric = cost_metric or str(
             self.spec["parameters"].get("model.budget.metric", {}).get("value")
             or self.base.get("model.budget.metric") or "latency_ms")
+
+    def started(self) -> list[dict[str, Any]]:
+        """The parameters of the runs started in the sweep's directory, oldest first."""
+        files = sorted(self.out.glob("*/args.json"), key=lambda f: f.stat().st_mtime_ns)
+        return [json.loads(f.read_text()) for f in files]
+
+    def propose(self, records: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        """Bayes: the next run from every run so far (``None`` when the sweep is complete or
+        is not bayes); running runs count as running."""
+        if self.spec["method"] != "bayes" or len(self.runs) >= self.total:
+            return None
+        metric = self.spec["metric"]["name"]
+        history = []
+        for params, r in zip(self.runs, records, strict=True):
+            state = "running" if r is None else "finished" if r["status"] == "finished" else "failed"
+            value = (r or {}).get("summary", {}).get(metric)
+            history.append((params, state, {metric: value} if value is not None else {}))
+        params = propose(self.spec, history, self.seed)
+        self.runs.append(params)
+        return params
 
     def command(self, params: dict[str, Any], run_dir: Path) -> list[str]:
         """The run's argv: the file's command, then this run's directories (and its last
@@ -185,10 +172,11 @@ class Sweep:
         if not self.subcommand:
             return argv
         argv.append(f"--trainer.default_root_dir={run_dir}")
-        if "checkpoint.dirpath" in self.base:
-            argv.append(f"--checkpoint.dirpath={run_dir / 'checkpoints'}")
-        if "trainer.logger.init_args.save_dir" in self.base:
-            argv.append(f"--trainer.logger.init_args.save_dir={run_dir}")
+        for option, path in (("checkpoint.dirpath", run_dir / "checkpoints"),
+                             ("trainer.logger.init_args.save_dir", run_dir),
+                             ("run_result.path", run_dir / RESULT)):
+            if option in self.base:
+                argv.append(f"--{option}={path}")
         last = run_dir / "checkpoints" / "last.ckpt"
         if self.subcommand == "fit" and last.is_file():
             argv.append(f"--ckpt_path={last}")
@@ -199,13 +187,13 @@ class Sweep:
         rid = run_id(params)
         run_dir = (self.out / rid).resolve()
         record: dict[str, Any] = {"id": rid, "label": label(params, self.varying),
-                                  "parameters": params,
-                                  "dir": str(run_dir)}
-        if (run_dir / RESULT).is_file():
-            return json.loads((run_dir / RESULT).read_text()) | {"skipped": True}
+                                  "parameters": params, "dir": str(run_dir)}
+        if (run_dir / RECORD).is_file():
+            return json.loads((run_dir / RECORD).read_text()) | {"skipped": True}
         run_dir.mkdir(parents=True, exist_ok=True)
         argv = self.command(params, run_dir)
         (run_dir / "args.json").write_text(json.dumps(params))
+        (run_dir / RESULT).unlink(missing_ok=True)  # a retried run writes its own again
         record["command"] = argv
         start = time.monotonic()
         try:
@@ -220,7 +208,7 @@ class Sweep:
         if code != 0:
             return record | {"status": "failed", "error": tail(run_dir / "stderr.log")}
         record |= {"status": "finished"} | collect(run_dir)
-        write_atomic(run_dir / RESULT, lambda p: p.write_text(json.dumps(record, indent=1)))
+        write_atomic(run_dir / RECORD, lambda p: p.write_text(json.dumps(record, indent=1)))
         return record
 
 
@@ -288,14 +276,14 @@ def plot_sweep(records: list[dict[str, Any]], metric: str, path: Path) -> Path |
 
 
 def run_sweep(sweep: Sweep, parallel: int = 1, echo: Callable[[str], None] = print) -> int:
-    """Run every unfinished run (``parallel`` at a time), then write the results; 0 when every
-    run finished, 1 when one failed, 130 when interrupted (rerun to resume)."""
-    total, lock = len(sweep.runs), threading.Lock()
-    records: list[dict[str, Any] | None] = [None] * total
+    """Run every unfinished run (``parallel`` at a time; bayes proposes each as a slot frees),
+    then write the results; 0 when every run finished, 1 when one failed, 130 when interrupted
+    (rerun to resume)."""
+    lock, records = threading.Lock(), [None] * len(sweep.runs)
 
     def one(i: int, params: dict[str, Any]) -> None:
-        head = f"[{i + 1}/{total}] {run_id(params)} {label(params, sweep.varying)}"
-        if not (sweep.out / run_id(params) / RESULT).is_file():
+        head = f"[{i + 1}/{sweep.total}] {run_id(params)} {label(params, sweep.varying)}"
+        if not (sweep.out / run_id(params) / RECORD).is_file():
             with lock:
                 echo(f"{head}: running")
         r = records[i] = sweep.execute(params, parallel)
@@ -312,11 +300,20 @@ def run_sweep(sweep: Sweep, parallel: int = 1, echo: Callable[[str], None] = pri
                          "    | " + line for line in r["error"].splitlines()))
 
     sweep.out.mkdir(parents=True, exist_ok=True)
-    code = 0
+    code, running, started = 0, set[Future](), 0
     pool = ThreadPoolExecutor(max_workers=parallel)
     try:
-        for future in [pool.submit(one, i, p) for i, p in enumerate(sweep.runs)]:
-            future.result()
+        while True:
+            while len(running) < parallel and (started < len(sweep.runs)
+                                               or sweep.propose(records) is not None):
+                records += [None] * (len(sweep.runs) - len(records))
+                running.add(pool.submit(one, started, sweep.runs[started]))
+                started += 1
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()
     except KeyboardInterrupt:
         echo("interrupted: finished runs are kept; rerun the same command to resume")
         pool.shutdown(wait=True, cancel_futures=True)
@@ -330,24 +327,27 @@ def run_sweep(sweep: Sweep, parallel: int = 1, echo: Callable[[str], None] = pri
                  lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
     plot = plot_sweep(done, sweep.cost_metric, sweep.out / PLOT)
     s = results["sweep"]
-    echo(f"{s['finished']} finished, {s['failed']} failed of {total}; best: {results['best']}; "
-         f"results {sweep.out / RESULTS}" + (f", plot {plot}" if plot else ""))
+    echo(f"{s['finished']} finished, {s['failed']} failed of {len(done)}; best: "
+         f"{results['best']}; results {sweep.out / RESULTS}" + (f", plot {plot}" if plot else ""))
     return code or (1 if s["failed"] else 0)
 
 
 def sweep_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hwnas sweep",
-        description="Run a W&B sweep file (grid or random) with no W&B server: each run is a "
-                    "subprocess logging to W&B offline in its own directory; a rerun resumes.")
+        description="Run a W&B sweep file (grid, random or bayes) with no W&B server: each run "
+                    "is a subprocess logging to W&B offline in its own directory; a rerun "
+                    "resumes.")
     parser.add_argument("sweep_file", help="W&B sweep YAML, e.g. configs/sweeps/latency_budgets"
                                            ".yaml")
     parser.add_argument("--out", help="sweep directory (default runs/sweeps/<sweep name>)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="runs at a time (default 1)")
     parser.add_argument("--count", type=int, metavar="N",
-                        help="number of runs: required for random; caps a grid")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random draws (default 0)")
+                        help="number of runs: required for random and bayes (or run_cap in the "
+                             "file); caps a grid")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random and bayes draws (default 0)")
     parser.add_argument("--cost-metric", help="cost-table metric of the Pareto plot "
                                               "(default: the budget's metric)")
     parser.add_argument("--dry-run", action="store_true",
@@ -359,13 +359,20 @@ def sweep_command(argv: list[str]) -> int:
         sweep = Sweep(args.sweep_file, args.out, args.count, args.seed, args.cost_metric)
     except SweepError as e:
         parser.error(f"{args.sweep_file}: {e}")
-    print(f"sweep {sweep.spec['name']}: {sweep.spec['method']}, {len(sweep.runs)} runs -> "
+    print(f"sweep {sweep.spec['name']}: {sweep.spec['method']}, {sweep.total} runs -> "
           f"{sweep.out}" + (f"\nnote: {sweep.note}" if sweep.note else ""), flush=True)
     if args.dry_run:
+        done = [sweep.out / run_id(p) / RECORD for p in sweep.runs]
+        proposed = sweep.propose([json.loads(f.read_text()) if f.is_file() else None
+                                  for f in done])  # bayes: the next run W&B's search picks
         for i, params in enumerate(sweep.runs):
             run_dir = (sweep.out / run_id(params)).resolve()
-            state = "finished" if (run_dir / RESULT).is_file() else "to run"
-            print(f"[{i + 1}/{len(sweep.runs)}] {run_id(params)} ({state}): "
+            state = ("next proposal" if params is proposed else
+                     "finished" if (run_dir / RECORD).is_file() else "to run")
+            print(f"[{i + 1}/{sweep.total}] {run_id(params)} ({state}): "
                   + " ".join(sweep.command(params, run_dir)))
+        if len(sweep.runs) < sweep.total:
+            print(f"[{len(sweep.runs) + 1}-{sweep.total}/{sweep.total}]: proposed by the bayes "
+                  "search as runs finish")
         return 0
     return run_sweep(sweep, args.parallel, lambda line: print(line, flush=True))

@@ -1,9 +1,13 @@
-"""Sweep files in W&B's own format: reading, expanding into runs, and checking every parameter.
+"""Sweep files in W&B's own format: read and check them, draw their runs, build each command.
 
-The file (``method``, ``metric``, ``parameters``, ``command`` with the ``${env}``,
-``${interpreter}``, ``${program}``, ``${args}`` macros) also works with ``wandb sweep``. A grid
-expands to the cartesian product of its values and a random sweep draws seeded runs.
-Parameters are checked against the search command's LightningCLI before any run starts.
+W&B's machinery does the work where it runs offline: its sweep engine (the ``sweeps`` package,
+what W&B's local controller runs) checks the file against W&B's schema and draws the runs —
+grid, random and bayes (a Gaussian process over the finished runs) — and the W&B agent's own
+helpers format the ``${args…}`` macros. Hand-written, because W&B exposes no function for it:
+the few checks that name the key and the fix, the substitution of the macros into the command
+(inline in the agent's ``Agent._command_run``), seeding the engine (it draws from the global
+``random`` / ``numpy.random`` generators) and checking parameter names and values against the
+search command's own parser.
 """
 
 from __future__ import annotations
@@ -11,51 +15,47 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
-import io
-import itertools
 import json
-import math
-import os
 import random
-import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 METHODS = ("grid", "random", "bayes")
-SAMPLERS: dict[str, Callable[[random.Random, dict], Any]] = {
-    "constant": lambda rng, p: p["value"],
-    "categorical": lambda rng, p: rng.choices(p["values"], weights=p.get("probabilities"))[0],
-    "int_uniform": lambda rng, p: rng.randint(int(p["min"]), int(p["max"])),
-    "uniform": lambda rng, p: rng.uniform(p["min"], p["max"]),
-    "q_uniform": lambda rng, p: _quantize(rng.uniform(p["min"], p["max"]), p.get("q", 1)),
-    "log_uniform": lambda rng, p: math.exp(rng.uniform(p["min"], p["max"])),
-    "log_uniform_values": lambda rng, p: math.exp(
-        rng.uniform(math.log(p["min"]), math.log(p["max"]))),
-    "q_log_uniform_values": lambda rng, p: _quantize(
-        math.exp(rng.uniform(math.log(p["min"]), math.log(p["max"]))), p.get("q", 1)),
-    "normal": lambda rng, p: rng.gauss(p.get("mu", 0.0), p.get("sigma", 1.0)),
-    "log_normal": lambda rng, p: math.exp(rng.gauss(p.get("mu", 0.0), p.get("sigma", 1.0))),
-}
 SEARCH_SUBCOMMANDS = ("fit", "validate", "test")
-RESULT, RESULTS, PLOT = "result.json", "sweep_results.json", "sweep_pareto.png"
+RESULT, RECORD = "result.json", "sweep_run.json"  # the run's own result; the sweep's record
+RESULTS, PLOT = "sweep_results.json", "sweep_pareto.png"
 
 
 class SweepError(ValueError):
     """A problem in the sweep file, named by its key and value."""
 
 
-def _quantize(x: float, q: float) -> float:
-    return round(x / q) * q
+def _engine():
+    """W&B's sweep engine, imported quietly (its pydantic model config warns on import)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import sweeps
+            from sweeps.config.schema import dereferenced_sweep_config_jsonschema as schema
+            from sweeps.params import HyperParameter
+        except ImportError as e:
+            raise SweepError(f"W&B's sweep engine is missing ({e}): install it with `pip install "
+                             "-c constraints.txt --no-deps sweeps` (as `make install` does)"
+                             ) from None
+    return sweeps, schema, HyperParameter
 
 
 # -- the sweep file ---------------------------------------------------------------------------
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read and check the structure of a W&B sweep file; each parameter gets a ``distribution``."""
+    """Read a W&B sweep file and check it: our checks name the key and the fix, then W&B's
+    schema has the last word."""
+    sweeps, schema, _ = _engine()
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
@@ -65,10 +65,12 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise SweepError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(spec, dict):
         raise SweepError(f"{path}: expected a mapping with method, parameters and command")
-    method = spec.get("method")
-    if method not in METHODS:
-        raise SweepError(f"method: got {method!r}; use one of {', '.join(METHODS)}")
+    if spec.get("method") not in METHODS:
+        raise SweepError(f"method: got {spec.get('method')!r}; use one of {', '.join(METHODS)}")
     metric = spec.get("metric")
+    if metric is None and spec["method"] == "bayes":
+        raise SweepError("metric: method bayes needs the metric it optimizes, e.g. "
+                         "{name: final/val_acc, goal: maximize}")
     if metric is not None and (not isinstance(metric, dict) or "name" not in metric
                                or metric.get("goal", "minimize") not in ("minimize", "maximize")):
         raise SweepError(f"metric: got {metric!r}; use {{name: final/val_acc, goal: maximize}}")
@@ -76,100 +78,98 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     if not isinstance(params, dict) or not params:
         raise SweepError(f"parameters: got {params!r}; give at least one, e.g. "
                          "model.budget.fraction: {values: [0.2, 0.5]}")
-    spec["parameters"] = {k: _parameter(k, v, method) for k, v in params.items()}
+    known = sorted({d for s in schema["definitions"].values() for d in
+                    s.get("properties", {}).get("distribution", {}).get("enum", [])})
+    for key, p in params.items():
+        _check_parameter(f"parameters.{key}", p, spec["method"], known)
     command = spec.get("command", ["${env}", "${interpreter}", "${program}", "${args}"])
     if not isinstance(command, list) or not all(isinstance(c, str | int | float) for c in command):
         raise SweepError(f"command: got {command!r}; give a list of strings")
     spec["command"] = [str(c) for c in command]
     if "${program}" in spec["command"] and not spec.get("program"):
         raise SweepError("program: the command uses ${program} but the file sets no program")
+    violations = sweeps.schema_violations_from_proposed_config(spec)
+    if violations:
+        raise SweepError(f"{violations[0]} (W&B's sweep schema)")
     spec.setdefault("name", path.stem)
     return spec
 
 
-def _parameter(key: str, p: Any, method: str) -> dict[str, Any]:
-    where = f"parameters.{key}"
+def _check_parameter(where: str, p: Any, method: str, known: list[str]) -> None:
+    _, _, HyperParameter = _engine()
     if not isinstance(p, dict):
         raise SweepError(f"{where}: got {p!r}; give {{values: [...]}}, {{value: x}} or "
                          "{distribution: ..., min: ..., max: ...}")
     if "parameters" in p:
         raise SweepError(f"{where}: nested parameters are not LightningCLI options; write each "
-                         f"as a dotted key, e.g. {key}.fraction: {{values: [...]}}")
-    p = dict(p)
-    if "distribution" not in p:
-        if "value" in p:
-            p["distribution"] = "constant"
-        elif "values" in p:
-            p["distribution"] = "categorical"
-        elif isinstance(p.get("min"), int) and isinstance(p.get("max"), int):
-            p["distribution"] = "int_uniform"
-        elif "min" in p and "max" in p:
-            p["distribution"] = "uniform"
-    dist = p.get("distribution")
-    if dist not in SAMPLERS:
-        raise SweepError(f"{where}.distribution: got {dist!r}; use one of {', '.join(SAMPLERS)}")
-    needs = {"constant": ["value"], "categorical": ["values"]}.get(dist, ["min", "max"])
-    if dist in ("normal", "log_normal"):
-        needs = []
-    missing = [n for n in needs if n not in p]
-    if missing:
-        raise SweepError(f"{where}: distribution {dist} needs {' and '.join(missing)}")
-    if needs == ["min", "max"] and not (isinstance(p["min"], int | float) and isinstance(
-            p["max"], int | float) and p["min"] <= p["max"] and p.get("q", 1) > 0):
-        raise SweepError(f"{where}: needs numbers min <= max (and q > 0), got min={p['min']!r}, "
-                         f"max={p['max']!r}")
-    if dist.endswith("log_uniform_values") and p["min"] <= 0:
-        raise SweepError(f"{where}: {dist} needs min > 0, got {p['min']!r}")
-    if dist == "categorical" and (not isinstance(p["values"], list) or not p["values"]):
-        raise SweepError(f"{where}.values: got {p['values']!r}; give a non-empty list")
-    if method == "grid" and dist not in ("constant", "categorical", "int_uniform", "q_uniform"):
+                         f"as a dotted key, e.g. {where.partition('.')[2]}.fraction: "
+                         "{values: [...]}")
+    if "distribution" in p and p["distribution"] not in known:
+        raise SweepError(f"{where}.distribution: got {p['distribution']!r}; use one of "
+                         f"{', '.join(known)}")
+    try:
+        kind = HyperParameter(where, p).type
+    except ValueError as e:  # e.g. min above max
+        raise SweepError(str(e)) from None
+    except Exception:  # noqa: BLE001 - the schema's own error names neither key nor fix
+        raise SweepError(f"{where}: got {p!r}, which W&B's sweep schema refuses; give "
+                         "{values: [...]} (not empty), {value: x} or {distribution: ..., min: "
+                         "..., max: ...} (min > 0 for log distributions)") from None
+    if method == "grid" and kind not in (HyperParameter.CONSTANT, HyperParameter.CATEGORICAL,
+                                         HyperParameter.INT_UNIFORM, HyperParameter.Q_UNIFORM):
         raise SweepError(f"{where}: method grid needs values (or int_uniform / q_uniform), got "
-                         f"distribution {dist}; list the values or use method random")
-    return p
+                         f"{p}; list the values or use method random")
 
 
-def grid_values(p: dict[str, Any]) -> list[Any]:
-    """Every value a grid takes for one parameter."""
-    dist = p["distribution"]
-    if dist == "constant":
-        return [p["value"]]
-    if dist == "categorical":
-        return list(p["values"])
-    if dist == "int_uniform":
-        return list(range(int(p["min"]), int(p["max"]) + 1))
-    q = p.get("q", 1)
-    return [_quantize(p["min"] + i * q, q) for i in range(int(round((p["max"] - p["min"]) / q)) + 1)]
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """The engine draws from the global ``random`` and ``numpy.random`` generators: seed them
+    for its draws, then give back their state."""
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+
+
+def _plain(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A run's parameters from the engine's ``{key: {"value": v}}``: in the file's order (the
+    engine sorts them), numpy scalars as Python's."""
+    values = {k: v["value"] for k, v in config.items()}
+    return {k: values[k].item() if isinstance(values[k], np.generic) else values[k]
+            for k in spec["parameters"]}
 
 
 def expand(spec: dict[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """The runs' parameters: the grid's cartesian product (first ``count``), or ``count`` draws
-    from a generator seeded by ``seed`` (run i is the same whatever ``count`` is)."""
-    params = spec["parameters"]
-    if spec["method"] == "grid":
-        grids = [grid_values(p) for p in params.values()]
-        runs = [dict(zip(params, combo, strict=True)) for combo in itertools.product(*grids)]
-        return runs[:count] if count else runs
+    """The runs' parameters: the grid (first ``count``), or ``count`` seeded random draws (run
+    i is the same whatever ``count`` is). Bayes draws one run at a time: see `propose`."""
+    sweeps, _, _ = _engine()
+    if spec["method"] == "grid":  # the engine stops (a None) when the grid is exhausted
+        return [_plain(spec, r.config) for r in sweeps.next_runs(spec, [], n=count or sys.maxsize)
+                if r is not None]
     count = count or spec.get("run_cap")
     if not count:
         raise SweepError(f"method {spec['method']}: give the number of runs with --count "
                          "(or run_cap in the file)")
-    rng = random.Random(seed)
-    return [{k: SAMPLERS[p["distribution"]](rng, p) for k, p in params.items()}
-            for _ in range(count)]
+    if spec["method"] == "bayes":
+        return []
+    with _seeded(seed):
+        return [_plain(spec, r.config) for r in sweeps.next_runs(spec, [], n=count)]
 
 
-def probe_values(p: dict[str, Any]) -> list[Any]:
-    """Values that show whether an option accepts a parameter: the listed ones, else the ends."""
-    dist = p["distribution"]
-    if dist in ("constant", "categorical"):
-        return grid_values(p)
-    if dist in ("int_uniform", "q_uniform"):
-        return [grid_values(p)[0], grid_values(p)[-1]]
-    if dist == "log_uniform":
-        return [math.exp(p["min"]), math.exp(p["max"])]
-    if dist in ("normal", "log_normal"):
-        return [SAMPLERS[dist](random.Random(0), p)]
-    return [p["min"], p["max"]]
+def propose(spec: dict[str, Any], history: list[tuple[dict[str, Any], str, dict[str, Any]]],
+            seed: int = 0) -> dict[str, Any]:
+    """Bayes: the next run's parameters from W&B's Gaussian-process search, given every run so
+    far as (parameters, state: finished | failed | running, summary with the metric)."""
+    sweeps, _, _ = _engine()
+    runs = [sweeps.SweepRun(config={k: {"value": v} for k, v in params.items()}, state=state,
+                            summary_metrics=summary) for params, state, summary in history]
+    with _seeded(seed + len(runs)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the GP's convergence warnings on a few points
+        return _plain(spec, sweeps.next_run(spec, runs).config)
 
 
 def run_id(params: dict[str, Any]) -> str:
@@ -178,29 +178,24 @@ def run_id(params: dict[str, Any]) -> str:
 
 
 def format_args(params: dict[str, Any]) -> dict[str, list[str]]:
-    """The ``${args…}`` macros, formatted as W&B's sweep runner formats them (``--key=value``)."""
-    pairs = list(params.items())
-    return {
-        "args": [f"--{k}={v}" for k, v in pairs],
-        "args_no_hyphens": [f"{k}={v}" for k, v in pairs],
-        "args_no_equals": [x for k, v in pairs for x in (f"--{k}", str(v))],
-        "args_no_boolean_flags": [f"--{k}" if v is True else f"--{k}={v}" for k, v in pairs
-                                  if v is not False],
-        "args_json": [json.dumps(dict(pairs))],
-    }
+    """The ``${args…}`` macros, from the W&B agent's own formatter (``--key=value``, …)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    return create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
 
 
 def build_command(spec: dict[str, Any], params: dict[str, Any], run_dir: Path | None = None
                   ) -> list[str]:
-    """The run's argv: macros filled in; ``${env}`` is dropped (the PATH lookup is ours)."""
+    """The run's argv, as the W&B agent builds it (``${envvar:…}`` by W&B's helper), except that
+    ``${env}`` is dropped (the PATH lookup is ours) and ``${interpreter}`` is this Python."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command
+
     macros = format_args(params) | {"env": [], "interpreter": [sys.executable],
                                     "program": [str(spec.get("program"))]}
     if run_dir is not None:
         macros["args_json_file"] = [str(run_dir / "args.json")]
     argv = []
-    for token in spec["command"]:
-        token = re.sub(r"\$\{envvar:([A-Z0-9_]*)\}",
-                       lambda m: os.environ.get(m.group(1), m.group(1)), token)
+    for token in create_sweep_command(list(spec["command"])):
         if token.startswith("${") and token.endswith("}"):
             if token[2:-1] not in macros:
                 raise SweepError(f"command: unknown macro {token}; use ${{env}}, "
@@ -219,37 +214,44 @@ def search_args(argv: list[str]) -> tuple[int, str] | None:
     return None
 
 
-# -- checking the parameters against the search command's LightningCLI -------------------------
-class _Rejected(Exception):
-    """The search command's parser refused the arguments; the message is its own."""
+# -- checking the parameters against the search command's parser -------------------------------
+def search_parser():
+    """The parser of ``hwnas search``, built by its own LightningCLI and returned before it
+    parses anything (LightningCLI builds its parser only inside ``__init__``, which then goes
+    on to instantiate and run; ``parse_arguments`` is the hook between the two). Its errors
+    raise instead of exiting."""
+    from nas.search_cli import SearchCLI, search_command
+
+    class Built(Exception):
+        pass
+
+    class ParserOnly(SearchCLI):
+        def init_parser(self, **kwargs):
+            return super().init_parser(**kwargs, exit_on_error=False)
+
+        def parse_arguments(self, parser, args) -> None:
+            raise Built(parser)
+
+    try:
+        search_command([], cli=ParserOnly)
+    except Built as built:
+        return built.args[0]
+    raise AssertionError("LightningCLI parsed before building its parser")
 
 
-def print_config(args: list[str]) -> dict[str, Any]:
-    """The config that ``hwnas search ARGS --print_config`` resolves (parsed only: nothing is
-    built or trained), or ``_Rejected`` with the parser's error message."""
-    from nas.search_cli import search_command
+def _parse(parser, argv: list[str]) -> dict[str, Any]:
+    """The dotted keys of the config ``argv`` resolves to, or SweepError with the parser's
+    most telling line."""
+    import jsonargparse
 
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. LightningCLI's note that sys.argv is not parsed
-        try:
-            search_command([*args, "--print_config"])
-        except SystemExit as e:
-            code = e.code
-    if code not in (0, None):
-        raise _Rejected(err.getvalue().rpartition("error:")[2].strip() or f"exit code {code}")
-    return yaml.safe_load(out.getvalue()) or {}
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config: ``{"model.budget.fraction": 0.3, …}``."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
+    try:
+        cfg = parser.parse_args(argv)
+    except jsonargparse.ArgumentError as e:
+        lines = [line.strip().removeprefix("- ") for line in str(e).splitlines()]
+        why = next((line for line in lines if line.startswith(("Expected", "Option"))
+                    and "NoneType" not in line), lines[0] or "rejected")
+        raise SweepError(why.removeprefix("error: ")) from None
+    return dict(cfg[argv[0]].items(branches=False))
 
 
 def canonical(key: str, keys: dict[str, Any]) -> str:
@@ -258,74 +260,62 @@ def canonical(key: str, keys: dict[str, Any]) -> str:
     parts, path = key.split("."), []
     for i, part in enumerate(parts):
         path.append(part)
-        prefix = ".".join(path)
         rest = parts[i + 1:]
-        if rest and f"{prefix}.class_path" in keys and rest[0] not in ("class_path", "init_args"):
+        if rest and f"{'.'.join(path)}.class_path" in keys and rest[0] not in (
+                "class_path", "init_args"):
             path.append("init_args")
     return ".".join(path)
 
 
-def is_option(name: str, base: dict[str, Any]) -> bool | None:
-    """Whether the resolved config has option ``name``; None when a leaf on the way (an option
-    that is None, such as an unset dataclass) leaves the answer to the parser."""
-    if name in base:
-        return True
+def is_option(name: str, base: dict[str, Any]) -> bool:
+    """Whether the resolved config has option ``name``, or a leaf on its way that is None (an
+    unset dataclass: the parser then judges the value)."""
     parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in base:
-            return None
-        if any(k.startswith(prefix + ".") for k in base):
-            return False
-    return False
+    return any(".".join(parts[:i]) in base for i in range(len(parts), 0, -1))
+
+
+def probe_values(p: dict[str, Any]) -> list[Any]:
+    """Values that show whether an option accepts a parameter: the listed ones, else the
+    distribution's 0.1% and 99.9% quantiles (its ends, or near them when it has none)."""
+    _, _, HyperParameter = _engine()
+    if "value" in p:
+        return [p["value"]]
+    if "values" in p:
+        return list(p["values"])
+    hp = HyperParameter("probe", p)
+    return [v.item() if isinstance(v, np.generic) else v
+            for v in (hp.ppf(0.001), hp.ppf(0.999))]
 
 
 def check_options(spec: dict[str, Any], subcommand: str, args: list[str]) -> dict[str, Any]:
     """Raise SweepError unless every parameter is an option of ``hwnas search SUBCOMMAND`` that
     accepts its values; returns the command's own resolved config (dotted keys)."""
+    parser, command = search_parser(), f"hwnas search {subcommand}"
     try:
-        base = flatten(print_config([subcommand, *args]))
-    except _Rejected as e:
-        raise SweepError(f"command: `hwnas search {subcommand} {' '.join(args)}` is rejected "
-                         f"before any parameter is added: {e}") from None
-    names, siblings = {}, {}
+        base = _parse(parser, [subcommand, *args])
+    except SweepError as e:
+        raise SweepError(f"command: `{command} {' '.join(args)}` is rejected before any "
+                         f"parameter is added: {e}") from None
     for key in spec["parameters"]:
-        names[key] = name = canonical(key, base)
-        parent = name.rpartition(".")[0]
-        siblings[key] = [k for k in base if k.rpartition(".")[0] == parent] if parent else []
-        if is_option(name, base) is False:
-            close = difflib.get_close_matches(name, list(base), n=1)
+        if not is_option(canonical(key, base), base):
+            close = difflib.get_close_matches(canonical(key, base), list(base), n=1)
             raise SweepError(
-                f"parameters.{key}: not an option of `hwnas search {subcommand}`"
+                f"parameters.{key}: not an option of `{command}`"
                 + (f"; did you mean {close[0].replace('.init_args', '')}?" if close else "")
-                + f" (see `hwnas search {subcommand} --help`)")
-
-    def problem(values: dict[str, Any]) -> str | None:
-        """Why the search's parser refuses these parameter values, or None."""
-        try:
-            cfg = flatten(print_config([subcommand, *args, *format_args(values)["args"]]))
-        except _Rejected as e:
-            return f"is rejected: {e}"
-        for key, value in values.items():
-            # an option typed `Dataclass | dict` takes a bad value as a plain dict, dropping
-            # the other fields: caught here rather than as a TypeError when the run starts
-            if names[key] in base and not all(k in cfg for k in siblings[key]):
-                hint = " (write null as the string 'null')" if value is None else ""
-                return f"is not valid for this option{hint}; see `hwnas search {subcommand} --help`"
-        return None
-
+                + f" (see `{command} --help`)")
     # one parse per round, each round taking the next probe value of every parameter
     probes = {key: probe_values(p) for key, p in spec["parameters"].items()}
     for j in range(max(len(v) for v in probes.values())):
         values = {key: v[j] for key, v in probes.items() if j < len(v)}
-        why = problem(values)
-        if why is None:
-            continue
-        for key, value in values.items():
-            alone = why if len(values) == 1 else problem({key: value})
-            if alone:
-                raise SweepError(f"parameters.{key}: value {value!r} {alone}")
-        raise SweepError(f"parameters: the values {values} {why}")
+        try:
+            _parse(parser, [subcommand, *args, *format_args(values)["args"]])
+        except SweepError as e:
+            for key, value in values.items():
+                try:
+                    _parse(parser, [subcommand, *args, *format_args({key: value})["args"]])
+                except SweepError as alone:
+                    hint = " (write null as the string 'null')" if value is None else ""
+                    raise SweepError(f"parameters.{key}: value {value!r} is rejected: "
+                                     f"{alone}{hint}") from None
+            raise SweepError(f"parameters: the values {values} are rejected: {e}") from None
     return base
-
-

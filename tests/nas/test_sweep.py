@@ -12,7 +12,17 @@ import yaml
 
 from nas.cli import main
 from nas.sweep import from_checkpoint
-from nas.sweep_file import RESULT, RESULTS, SweepError, expand, format_args, load_sweep, run_id
+from nas.sweep_file import (
+    RECORD,
+    RESULT,
+    RESULTS,
+    SweepError,
+    expand,
+    format_args,
+    load_sweep,
+    propose,
+    run_id,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FRACTIONS = [0.15, 0.4, 1.0]
@@ -130,7 +140,7 @@ def test_parameters_are_checked_against_the_search_cli(tmp_path, capsys, monkeyp
     assert not out.exists()  # nothing launched
 
 
-@pytest.mark.parametrize("name", ["latency_budgets", "relaxation_and_lambda"])
+@pytest.mark.parametrize("name", ["latency_budgets", "relaxation_and_lambda", "weights_bayes"])
 def test_shipped_sweep_files_pass_the_checks(name, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     assert main(["sweep", f"configs/sweeps/{name}.yaml", "--dry-run", "--count", "2",
@@ -168,13 +178,95 @@ def test_failed_run_is_reported_others_finish_and_a_rerun_resumes(tmp_path, caps
     assert failed["exit_code"] == 1 and "boom" in failed["error"]
     assert results["sweep"]["finished"] == 3 and results["sweep"]["failed"] == 1
     ids = {r["parameters"]["x"]: r["id"] for r in results["runs"]}
-    stamps = {x: (out / i / RESULT).stat().st_mtime_ns for x, i in ids.items() if x != 2}
+    stamps = {x: (out / i / RECORD).stat().st_mtime_ns for x, i in ids.items() if x != 2}
 
     assert main(["sweep", str(path), "--out", str(out)]) == 1
     assert capsys.readouterr().out.count("finished before, skipped") == 3
     calls = {x: int((out / i / "calls").read_text()) for x, i in ids.items()}
     assert calls == {1: 1, 2: 2, 3: 1, 4: 1}  # only the failed run ran again
-    assert stamps == {x: (out / ids[x] / RESULT).stat().st_mtime_ns for x in stamps}
+    assert stamps == {x: (out / ids[x] / RECORD).stat().st_mtime_ns for x in stamps}
+
+
+BAYES_STAND_IN = """
+import json, os, sys
+from pathlib import Path
+x = float(next(a for a in sys.argv if a.startswith("--x=")).partition("=")[2])
+Path(os.environ["WANDB_DIR"], "result.json").write_text(
+    json.dumps({"summary": {"final/val_acc": 1 - (x - 0.7) ** 2}}))
+"""
+
+
+def test_bayes_is_the_engines_gaussian_process_and_beats_random_draws():
+    spec = {"method": "bayes", "metric": {"name": "acc", "goal": "maximize"},
+            "parameters": {"x": {"min": 0.0, "max": 1.0}, "y": {"min": 0.0, "max": 1.0}}}
+
+    def acc(p):
+        return 1 - (p["x"] - 0.7) ** 2 - (p["y"] - 0.2) ** 2
+
+    history = []
+    for _ in range(12):
+        p = propose(spec, history, seed=0)
+        history.append((p, "finished", {"acc": acc(p)}))
+    draws = expand(dict(spec, method="random"), count=12, seed=0)
+    assert max(acc(p) for p, _, _ in history) > 0.999 > max(map(acc, draws))
+    assert propose(spec, history, seed=0) == propose(spec, history, seed=0)  # same runs, same next
+
+
+def test_bayes_sweep_proposes_from_finished_runs_and_a_rerun_extends_it(tmp_path, capsys):
+    program = tmp_path / "stand_in.py"
+    program.write_text(BAYES_STAND_IN)
+    path = write_sweep(tmp_path / "b.yaml", {"x": {"min": 0.0, "max": 1.0}},
+                       program=str(program), method="bayes",
+                       metric={"name": "final/val_acc", "goal": "maximize"})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--count", "4", "--parallel", "2"]) == 0
+    results = json.loads((out / RESULTS).read_text())
+    assert [r["status"] for r in results["runs"]] == ["finished"] * 4
+    best = next(r for r in results["runs"] if r["id"] == results["best"])
+    assert best["val_acc"] == max(r["val_acc"] for r in results["runs"])
+    capsys.readouterr()
+
+    assert main(["sweep", str(path), "--out", str(out), "--count", "6"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished before, skipped") == 4 and log.count(": running") == 2
+    assert len(json.loads((out / RESULTS).read_text())["runs"]) == 6
+
+    path.write_text(path.read_text().replace("metric:", "unused:"))
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path), "--dry-run"])
+    assert "metric: method bayes needs the metric it optimizes" in capsys.readouterr().err
+
+
+def test_a_search_writes_its_own_result_at_fit_end(tiny_space, tiny_table, tmp_path):
+    """RunResult: the shipped member, its table costs against the budget and the last logged
+    metrics, priced independently here from the table file."""
+    import pytorch_lightning as L
+
+    from costmodels import CostTable, table_cost
+    from nas.callbacks import RunResult
+    from nas.data import SyntheticDataModule
+    from nas.search import SupernetSearch
+    from supernet import ArchConfig
+    from tests.conftest import TINY
+
+    module = SupernetSearch(space=TINY, cost_table=tiny_table, warmup_epochs=0,
+                            sandwich_random=0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0, callbacks=[RunResult()])
+    trainer.fit(module, SyntheticDataModule(num_samples=256, batch_size=32))
+    result = json.loads((tmp_path / RESULT).read_text())  # beside the checkpoints' folder
+    summary, table = result["summary"], CostTable.load(tiny_table)
+    arch = ArchConfig.from_dict(json.loads(summary["final/arch"]))
+    priced = [m for m in table.metrics if f"final/{m}" in summary]
+    assert "latency_ms" in priced  # the budget's metric
+    for metric in priced:
+        assert summary[f"final/{metric}"] == pytest.approx(table_cost(tiny_space, table, arch,
+                                                                      metric))
+    assert summary["final/val_acc"] == summary["val/acc"] == pytest.approx(
+        float(trainer.callback_metrics["val/acc"]))
+    assert Path(result["checkpoint"]).is_file() and result["wandb_run"] is None
 
 
 # -- real searches: the tiny space, synthetic data, three steps each -----------------------------
@@ -233,7 +325,7 @@ def test_infeasible_budget_fails_alone_and_finished_runs_are_not_rerun(budget_sw
     spec["parameters"]["model.budget.fraction"]["values"] = [0.01, *FRACTIONS]
     path = first.with_name("with_infeasible.yaml")
     path.write_text(yaml.safe_dump(spec))
-    before = {d.name: (d / RESULT).stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
+    before = {d.name: (d / RECORD).stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
     wandb_runs = len(list(out.glob("*/wandb/offline-run-*")))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -247,6 +339,6 @@ def test_infeasible_budget_fails_alone_and_finished_runs_are_not_rerun(budget_sw
     assert [r["parameters"]["model.budget.fraction"] for r in failed] == [0.01]
     assert "below the cheapest member's cost" in failed[0]["error"]
     assert results["sweep"]["finished"] == 3
-    assert before == {d: (out / d / RESULT).stat().st_mtime_ns for d in before}
+    assert before == {d: (out / d / RECORD).stat().st_mtime_ns for d in before}
     assert len(list(out.glob("*/wandb/offline-run-*"))) == wandb_runs
-    assert os.path.isdir(failed[0]["dir"]) and not Path(failed[0]["dir"], RESULT).exists()
+    assert os.path.isdir(failed[0]["dir"]) and not Path(failed[0]["dir"], RECORD).exists()
