@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import mode, options, pyplot, write_result
+from benchmarks.common import datamodule, mode, options, pyplot, write_result
 from benchmarks.training import run_search
 
 NAME = "budget_adherence"
@@ -47,6 +47,7 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
                                             arch_lr=ARCH_LR, seed=seed)
                 b = search.budgets[0]
                 argmax, shipped = search.arch.argmax(), search.shipped()
+                accuracy = shipped_accuracy(search, shipped, quick, opts, batch, seed)
                 with torch.no_grad():
                     expected = float(b.expected(search.arch.probs()))
                 rows.append({
@@ -56,6 +57,7 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
                     "argmax_ms": b.expected.concrete(argmax),
                     "argmax_over_budget": b.expected.concrete(argmax) / b.budget,
                     "expected_over_budget": expected / b.budget, "lambda": float(b.lam),
+                    "shipped_test_acc": accuracy,
                     "largest_ms": b.largest_cost, "smallest_ms": b.smallest_cost,
                     "shipped": shipped.to_dict(), "argmax": argmax.to_dict(),
                     "step_wall_s": timing["wall_s"],
@@ -69,12 +71,25 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
         headline[f"{loss}_shipped_in_band"] = sum(
             0.98 <= r["shipped_over_budget"] <= 1.0 for r in rows if r["loss"] == loss)
         headline[f"{loss}_runs"] = sum(r["loss"] == loss for r in rows)
+        accs = [r["shipped_test_acc"] for r in rows if r["loss"] == loss]
+        headline[f"{loss}_shipped_acc_min"], headline[f"{loss}_shipped_acc_max"] = min(accs), max(accs)
     settings = {"losses": list(LOSSES), "fractions": list(FRACTIONS[quick]), "epochs": epochs,
                 "limit_train_batches": limit, "batch_size": batch, "arch_lr": ARCH_LR,
                 "warmup_epochs": 0, "seeds": list(SEEDS[quick]), "space": str(mode(quick).space_file.name),
                 "other": "the rest of configs/search/{tiny,fmnist}.yaml's model section"}
     plot(rows, Path(out_dir) / f"{NAME}.png")
     return write_result(out_dir, NAME, quick, opts, settings, {"runs": rows}, headline)
+
+
+def shipped_accuracy(search, shipped, quick: bool, opts, batch: int, seed: int) -> float:
+    """Top-1 test accuracy (last exit) of the shipped member, extracted from the supernet with
+    its batch norms recalibrated on 20 training batches — what export would ship."""
+    from nas.recalibrate import evaluate_member
+
+    dm = datamodule(quick, opts.data_dir, batch, seed)
+    ev = evaluate_member(search.net.cpu().eval(), shipped, dm.weights_dataloader(),
+                         dm.test_dataloader(), recal_batches=20, latency_device=None)
+    return float(ev.accuracy[-1])
 
 
 def plot(rows: list[dict], path: Path) -> None:
