@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau
 
 from costmodels.expected import table_cost
 from costmodels.predictors import MLPPredictor, RooflineFit, member_features
@@ -50,33 +51,10 @@ class Agreement:
     n: int
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b: scipy's when installed, else `kendall_tau_b`."""
-    try:
-        from scipy.stats import kendalltau
-    except ImportError:
-        return kendall_tau_b(x, y)
-    return float(kendalltau(x, y).statistic)
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b by the direct O(n²) count of concordant and discordant pairs."""
-    conc = disc = tied_x = tied_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            tied_x += bool(dx == 0 and dy != 0)
-            tied_y += bool(dy == 0 and dx != 0)
-            conc += bool(dx * dy > 0)
-            disc += bool(dx * dy < 0)
-    denom = np.sqrt((conc + disc + tied_x) * (conc + disc + tied_y))
-    return float((conc - disc) / denom) if denom else float("nan")
-
-
 def agreement(predicted: Sequence[float], measured: Sequence[float]) -> Agreement:
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     rel = np.abs(p / m - 1.0)
-    return Agreement(float(100 * rel.mean()), kendall_tau(p, m), float((rel <= BAND).mean()),
+    return Agreement(float(100 * rel.mean()), float(kendalltau(p, m).statistic), float((rel <= BAND).mean()),
                      len(p))
 
 
@@ -154,12 +132,10 @@ class FidelityReport:
         return json_path, png_path
 
     def _plot(self, path: Path) -> None:
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 5))
+        fig = Figure(figsize=(5.5, 5))
+        ax = fig.subplots()
         meas = [m.measured_ms for m in self.test]
         ax.scatter([m.predicted_ms for m in self.test], meas, s=14,
                    label=f"table (MAPE {self.additive.mape:.1f}%)")
@@ -179,7 +155,6 @@ class FidelityReport:
         ax.legend(loc="upper left")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
 
 
 def sample_members(space: SearchSpace, n: int, seed: int, extremes: bool = True,

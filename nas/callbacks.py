@@ -131,15 +131,13 @@ def plot_alpha(steps: list[int], history: list[dict[str, list[float]]], space,
     """A panel per decision: P(choice) over training steps, the final argmax drawn thick; the
     title names the decision and its lead over the runner-up. Panels whose probabilities
     moved little are zoomed (their y range is printed), so small leads are visible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     decisions = [d for d in space.decisions if len(d.choices) > 1]
     cols = 4
     rows = math.ceil(len(decisions) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    fig = Figure(figsize=(3.4 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, d in zip(axes.flat, decisions, strict=False):
         final = history[-1][d.key]
         chosen = max(range(len(final)), key=final.__getitem__)
@@ -162,5 +160,4 @@ def plot_alpha(steps: list[int], history: list[dict[str, list[float]]], space,
     fig.supylabel("P(choice) = softmax(α)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

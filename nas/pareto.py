@@ -105,16 +105,13 @@ def plot_pareto(records: list[dict[str, Any]], path: Path,
     and the budgets use: each budget a dashed line, its picked member starred) and, when the
     members were timed, the latency measured on this machine — the two can disagree, so they
     are never mixed on one axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     mark_front(records)
     axes_metrics = [metric] + ([MEASURED] if all(r.get(MEASURED) is not None for r in records)
                                else [])
-    fig, axes = plt.subplots(1, len(axes_metrics), figsize=(6.0 * len(axes_metrics), 4.4),
-                             squeeze=False)
+    fig = Figure(figsize=(6.0 * len(axes_metrics), 4.4))
+    axes = fig.subplots(1, len(axes_metrics), squeeze=False)
     picks = budget_lines(records).get(metric, [])
     picked = {name for _, name in picks}
     samples = [r for r in records if r.get("kind") == "sample"]
@@ -154,10 +151,7 @@ def plot_pareto(records: list[dict[str, Any]], path: Path,
     def save(p: Path) -> None:
         fig.savefig(p, dpi=110, format="png")
 
-    try:
-        write_atomic(path, save)
-    finally:
-        plt.close(fig)
+    write_atomic(path, save)
     return path
 
 

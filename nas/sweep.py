@@ -248,12 +248,10 @@ def plot_sweep(records: list[dict[str, Any]], metric: str, path: Path) -> Path |
     points = [r for r in records if "on_front" in r]
     if not points:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     ax.scatter([r["costs"][metric] for r in points], [r["val_acc"] for r in points], s=22,
                c="tab:blue", label="sweep runs (final argmax)")
     at: dict[tuple[float, float], list[str]] = {}
@@ -269,10 +267,7 @@ def plot_sweep(records: list[dict[str, Any]], metric: str, path: Path) -> Path |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    try:
-        return write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
 
 
 def run_sweep(sweep: Sweep, parallel: int = 1, echo: Callable[[str], None] = print) -> int:
