@@ -8,44 +8,35 @@ BigNAS do) before its accuracy is measured.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torchmetrics.classification import MulticlassAccuracy
 
 from costmodels import measure_network_latency
 from deploy import member_bn_state
 from supernet import ArchConfig, SuperNet, extract
 
-_BatchNorm = nn.modules.batchnorm._BatchNorm
 
-
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable, num_batches: int) -> nn.Module:
     """Reset every batch norm and re-estimate its statistics as the plain average over the
-    first ``num_batches`` ``(x, y)`` batches; the model's mode and momenta are restored."""
+    first ``num_batches`` ``(x, y)`` batches (`torch.optim.swa_utils.update_bn`, which restores
+    the model's mode and momenta)."""
     if num_batches < 1:
         raise ValueError(f"recal batches: must be at least 1, got {num_batches}")
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    momenta, was_training = [m.momentum for m in norms], model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
-    device = next(model.parameters()).device
-    model.train()
     seen = 0
-    try:
-        for x, _ in batches:
-            model(x.to(device))
+
+    def counted():
+        nonlocal seen
+        for batch in itertools.islice(batches, num_batches):
             seen += 1
-            if seen >= num_batches:
-                break
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.train(was_training)
+            yield batch
+
+    update_bn(counted(), model, device=next(model.parameters()).device)
     if seen == 0:
         raise ValueError("recalibration got no batches: the training loader is empty")
     return model
