@@ -84,7 +84,7 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
 def shipped_accuracy(search, shipped, quick: bool, opts, batch: int, seed: int) -> float:
     """Top-1 test accuracy (last exit) of the shipped member, extracted from the supernet with
     its batch norms recalibrated on 20 training batches — what export would ship."""
-    from nas.recalibrate import evaluate_member
+    from nas.family.recalibrate import evaluate_member
 
     dm = datamodule(quick, opts.data_dir, batch, seed)
     ev = evaluate_member(search.net.cpu().eval(), shipped, dm.weights_dataloader(),

@@ -201,7 +201,7 @@ class Clock:
 def datamodule(quick: bool, data_dir: str | None = None, batch_size: int | None = None,
                seed: int = 0):
     """The mode's data module, set up (cached: Fashion-MNIST is read once per process)."""
-    from nas.data import FashionMNISTDataModule, SyntheticDataModule
+    from nas.data.splits import FashionMNISTDataModule, SyntheticDataModule
 
     bs = batch_size or mode(quick).batch_size
     if quick:

@@ -42,7 +42,7 @@ def session(model, threads: int = 1, config: dict | None = None) -> ort.Inferenc
 
 
 def test_set(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from nas.data import FashionMNISTDataModule
+    from nas.data.splits import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=1000)
     dm.setup("test")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     export = Path(args.export)
     if args.ckpt:
-        from nas.export import export_family, make_datamodule
+        from nas.family.export import export_family, make_datamodule
         from nas.search import load_search
 
         search = load_search(args.ckpt)

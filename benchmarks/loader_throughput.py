@@ -34,8 +34,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nas.data import find_fashion_mnist, read_fashion_mnist  # noqa: E402
-from nas.image_data import Augment, ImageDataModule  # noqa: E402
+from nas.data.images import Augment, ImageDataModule  # noqa: E402
+from nas.data.splits import find_fashion_mnist, read_fashion_mnist  # noqa: E402
 from nas.search import SupernetSearch  # noqa: E402
 
 CONFIG = ROOT / "configs" / "search" / "rgb32_folder.yaml"

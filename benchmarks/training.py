@@ -103,7 +103,7 @@ def shared_search(quick: bool, out_dir: str | Path, opts: Options) -> dict[str, 
     """The mode's search and its exported family, run once and reused by every figure that
     needs a trained family (cached in ``<out_dir>/shared``)."""
     from costmodels import table_cost
-    from nas.export import export_family
+    from nas.family.export import export_family
 
     d = Path(out_dir) / "shared"
     info_path = d / "search.json"
@@ -217,7 +217,7 @@ def train_from_scratch(model: nn.Module, dm, recipe: Mapping[str, Any], *, epoch
 
 def accuracy_on_test(model: nn.Module, dm, num_classes: int) -> list[float]:
     """Top-1 test accuracy of every exit, on the CPU."""
-    from nas.recalibrate import exit_accuracy
+    from nas.family.recalibrate import exit_accuracy
 
     return exit_accuracy(model.cpu().eval(), dm.test_dataloader(), num_classes)
 

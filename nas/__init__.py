@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> module that defines it
 _EXPORTS = {
-    "SplitDataModule": "nas.data",
-    "FashionMNISTDataModule": "nas.data",
-    "SyntheticDataModule": "nas.data",
-    "find_fashion_mnist": "nas.data",
+    "SplitDataModule": "nas.data.splits",
+    "FashionMNISTDataModule": "nas.data.splits",
+    "SyntheticDataModule": "nas.data.splits",
+    "find_fashion_mnist": "nas.data.splits",
 }
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from nas.data import (
+    from nas.data.splits import (
         FashionMNISTDataModule,
         SplitDataModule,
         SyntheticDataModule,

@@ -12,8 +12,8 @@ import pytorch_lightning as L
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from nas.pareto import write_atomic
 from nas.search import SupernetSearch
+from supernet.io import write_atomic
 
 
 class LatestCheckpoint(ModelCheckpoint):

@@ -61,14 +61,14 @@ def costs_command(argv: list[str]) -> int:
 
 def sweep_command(argv: list[str]) -> int:
     """Run a W&B sweep file without a W&B server (offline runs, resumable)."""
-    from nas.sweep import sweep_command as run
+    from nas.sweeps.run import sweep_command as run
 
     return run(argv)
 
 
 def export_command(argv: list[str]) -> int:
     """Export a search's nested family: family.pt, members, ONNX, Pareto front."""
-    from nas.export import export_command as run
+    from nas.family.export import export_command as run
 
     return run(argv)
 

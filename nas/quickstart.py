@@ -3,7 +3,7 @@
 On Fashion-MNIST with a CPU table measured on this host (the repository's example table if it
 describes this host, else this host's own, built once into ``runs/tables/``); ``--fast`` runs
 the same pipeline on the tiny space with synthetic data and an analytic table, as a smoke test.
-Only wiring lives here: the work is in `nas.search`, `nas.family`, `nas.export`.
+Only wiring lives here: the work is in `nas.search`, `nas.family.chain`, `nas.family.export`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def run_search(space_file: str | Path, table_path: str | Path, datamodule, out_d
 
 def quickstart_command(argv: list[str]) -> int:
     """`hwnas quickstart`: search and export a nested family end to end."""
-    from nas.export import add_export_args
+    from nas.family.export import add_export_args
 
     parser = argparse.ArgumentParser(prog="hwnas quickstart", description=(
         "Search Fashion-MNIST under a CPU latency budget for a few minutes, export the nested "
@@ -122,10 +122,10 @@ def quickstart_command(argv: list[str]) -> int:
     out = Path(args.out)
     progress = not args.no_progress
 
-    from nas.data import FashionMNISTDataModule, SyntheticDataModule
-    from nas.export import export_family
-    from nas.family import parse_budgets
-    from nas.pareto import format_table
+    from nas.data.splits import FashionMNISTDataModule, SyntheticDataModule
+    from nas.family.chain import parse_budgets
+    from nas.family.export import export_family
+    from nas.family.pareto import format_table
     from nas.search import result_line
 
     budgets = parse_budgets(args.budgets)

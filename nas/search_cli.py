@@ -18,7 +18,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from nas.callbacks import AlphaHistory, LatestCheckpoint, RunResult
 from nas.checkpoint_io import read_search_checkpoint
-from nas.data import SplitDataModule
+from nas.data.splits import SplitDataModule
 from nas.search import SupernetSearch
 
 

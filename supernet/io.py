@@ -1,9 +1,16 @@
-"""Loading files that may come from elsewhere: tensors only, and a clear error when damaged."""
+"""Files: loading ones that may come from elsewhere (tensors only, a clear error when damaged)
+and writing ones that a crash must never leave half-written (a temporary sibling, then a rename).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +48,49 @@ def load_untrusted(path: str | Path, what: str, fix: str,
         return torch.load(path, map_location=map_location, weights_only=True)
     except LOAD_ERRORS as e:
         raise explain(path, what, fix, e) from None
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a file through ``write(tmp)`` into a temporary sibling, then rename it over
+    ``path``: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` by renames
+    (the old directory, if any, is moved aside first, then removed); on failure it is deleted."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file; give a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o777 & ~_umask())
+    old = tmp.with_suffix(".old") if out.exists() else None
+    if old is not None:
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

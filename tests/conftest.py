@@ -31,7 +31,7 @@ def tiny_table(tiny_space, tmp_path_factory) -> str:
 
 
 def synthetic_data():
-    from nas.data import SyntheticDataModule
+    from nas.data.splits import SyntheticDataModule
 
     dm = SyntheticDataModule(num_samples=256, batch_size=32)
     dm.setup("fit")

@@ -8,7 +8,7 @@ import torch
 
 from costmodels import CostTable
 from nas.budget import BudgetSpec
-from nas.data import SyntheticDataModule
+from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch
 from supernet import SuperNet, extract
 from tests.conftest import TINY

@@ -33,7 +33,7 @@ HWNAS = [line for code in SHELL for line in command_lines(code)
 def workdir(tiny_search, tmp_path_factory):
     """A user's checkout after the README's commands: the configs and an exported family at
     the path the README uses (a tiny one, so the test takes seconds)."""
-    from nas.export import export_family
+    from nas.family.export import export_family
 
     d = tmp_path_factory.mktemp("readme")
     (d / "configs").symlink_to(ROOT / "configs")

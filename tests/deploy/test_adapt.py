@@ -137,7 +137,7 @@ def test_probes_up_that_fail_back_off_instead_of_chattering():
 
 def test_hwnas_run_on_an_exported_family(tiny_search, tmp_path, capsys):
     from nas.cli import main
-    from nas.export import export_family
+    from nas.family.export import export_family
     from tests.conftest import synthetic_data
 
     export_family(tiny_search[0], tmp_path / "family", synthetic_data(), members=2,

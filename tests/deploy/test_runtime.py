@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deploy import BudgetController, FamilyError, FamilyRuntime, load_member
-from nas.export import export_family
-from nas.recalibrate import evaluate_member
+from nas.family.export import export_family
+from nas.family.recalibrate import evaluate_member
 from tests.conftest import synthetic_data as data
 
 RECAL = 2

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from nas.budget import BudgetSpec  # noqa: E402
-from nas.image_data import Augment, ImageDataModule  # noqa: E402
+from nas.data.images import Augment, ImageDataModule  # noqa: E402
+from nas.data.streaming import StreamingImageDataModule  # noqa: E402
 from nas.search import SupernetSearch  # noqa: E402
-from nas.stream_data import StreamingImageDataModule  # noqa: E402
 
 
 def main(kind: str, data: str, table: str, out: str) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nas import data
+from nas.data import splits as data
 
 
 def class_images(per_class: int, classes: int, split: str = "train",

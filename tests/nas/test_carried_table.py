@@ -7,10 +7,10 @@ import pytorch_lightning as L
 import torch
 
 from costmodels import CostTable, build_analytic_table, table_cost
-from nas.data import SyntheticDataModule
-from nas.family import family_from_search
+from nas.data.splits import SyntheticDataModule
+from nas.family.chain import family_from_search
 from nas.search import SupernetSearch, load_search
-from nas.sweep import from_checkpoint
+from nas.sweeps.run import from_checkpoint
 from supernet import ArchConfig
 from tests.conftest import TINY
 

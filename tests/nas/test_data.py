@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import nas.data as data
-from nas.data import (
+import nas.data.splits as data
+from nas.data.splits import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     FashionMNISTDataModule,

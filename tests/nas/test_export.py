@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import nas.export
+import nas.family.export
 from deploy import load_member
-from nas.export import export_command, export_family, log_artifact
-from nas.recalibrate import recalibrate_bn
+from nas.family.export import export_command, export_family, log_artifact
+from nas.family.recalibrate import recalibrate_bn
 from nas.search import load_search
 from supernet import SpaceError
 from tests.conftest import synthetic_data as data
@@ -113,7 +113,7 @@ def test_a_crash_leaves_the_previous_export_and_no_temporary_files(trained, tmp_
     kw = {**FAST, "members": 2, "onnx": False, "latency_device": None}
     export_family(trained[0], out, data(), **kw)
     before = (out / "family.pt").read_bytes()
-    real, calls = nas.export.evaluate_member, []
+    real, calls = nas.family.export.evaluate_member, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -121,7 +121,7 @@ def test_a_crash_leaves_the_previous_export_and_no_temporary_files(trained, tmp_
             raise RuntimeError("power cut")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(nas.export, "evaluate_member", flaky)
+    monkeypatch.setattr(nas.family.export, "evaluate_member", flaky)
     with pytest.raises(RuntimeError, match="power cut"):
         export_family(trained[0], out, data(), **kw)
     assert (out / "family.pt").read_bytes() == before

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from costmodels import build_analytic_table, table_cost
-from nas.family import argmax_config, build_family, cached, nested_path, parse_budgets, spread
-from nas.pareto import format_table, mark_front, pareto_flags
+from nas.family.chain import argmax_config, build_family, cached, nested_path, parse_budgets, spread
+from nas.family.pareto import format_table, mark_front, pareto_flags
 from supernet import SpaceError
 
 METRIC = "latency_ms"

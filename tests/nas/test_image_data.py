@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from nas.budget import BudgetSpec
-from nas.image_data import Augment, ImageDataModule
+from nas.data.images import Augment, ImageDataModule
 from nas.search import SupernetSearch
 from tests.conftest import TINY
 from tests.nas.image_folder import write_image_folder
@@ -238,7 +238,7 @@ def test_the_search_command_takes_the_folder_module_and_reports_bad_input_in_one
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     common = ["search", "fit", f"--model.space={TINY}", f"--model.cost_table={tiny_table}",
-              "--model.warmup_epochs=0", "--data=nas.image_data.ImageDataModule",
+              "--model.warmup_epochs=0", "--data=nas.data.images.ImageDataModule",
               "--data.channels=1", "--data.image_size=16", "--data.batch_size=32",
               "--data.augment.auto_augment=rand-m9-mstd0.5", "--trainer.max_epochs=1",
               "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",

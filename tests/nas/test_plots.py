@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nas.callbacks import decision_title, plot_alpha
-from nas.pareto import MEASURED, budget_lines, plot_pareto
+from nas.family.pareto import MEASURED, budget_lines, plot_pareto
 
 
 def records():
@@ -67,7 +67,7 @@ def test_alpha_history_records_every_n_batches(tiny_table, tmp_path, every):
     import pytorch_lightning as L
 
     from nas.callbacks import AlphaHistory
-    from nas.data import SyntheticDataModule
+    from nas.data.splits import SyntheticDataModule
     from tests.nas.test_search import make_search
 
     history = AlphaHistory(str(tmp_path), every_n_steps=every)

@@ -4,7 +4,7 @@ import pytorch_lightning as L
 import torch
 
 from nas.budget import BudgetSpec
-from nas.data import SyntheticDataModule
+from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch
 from tests.conftest import TINY
 

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from nas.checkpoint_io import SafeCheckpointIO
-from nas.data import SyntheticDataModule
+from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
 from supernet.io import CorruptFileError
 from tests.conftest import ROOT, TINY

@@ -36,8 +36,8 @@ def test_rgb_search_configs_name_existing_files_and_the_image_module(name):
     config = yaml.safe_load((ROOT / "configs/search" / f"{name}.yaml").read_text())
     assert (ROOT / config["model"]["space"]).is_file()
     assert (ROOT / config["model"]["cost_table"]).is_file()
-    assert config["data"]["class_path"] == "nas.image_data.ImageDataModule"
-    from nas.image_data import Augment, ImageDataModule
+    assert config["data"]["class_path"] == "nas.data.images.ImageDataModule"
+    from nas.data.images import Augment, ImageDataModule
 
     args = dict(config["data"]["init_args"])
     args["augment"] = Augment(**{k: tuple(v) if isinstance(v, list) else v

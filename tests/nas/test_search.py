@@ -7,7 +7,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from nas.budget import BudgetSpec
 from nas.callbacks import AlphaHistory
-from nas.data import SyntheticDataModule
+from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
 from tests.conftest import TINY
 

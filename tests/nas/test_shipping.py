@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from costmodels import CostTable, ExpectedCost
-from nas.family import argmax_config
+from nas.family.chain import argmax_config
 from nas.shipping import BAND, Budget, project, ship, within
 
 

@@ -11,9 +11,9 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from nas.budget import BudgetSpec
-from nas.image_data import Augment
+from nas.data.images import Augment
+from nas.data.streaming import StreamingImageDataModule, write_shards
 from nas.search import SupernetSearch
-from nas.stream_data import StreamingImageDataModule, write_shards
 from tests.conftest import TINY
 from tests.nas.image_folder import write_image_folder
 
@@ -107,8 +107,8 @@ def test_ddp_ranks_carve_the_same_stream_splits_and_read_disjoint_shares(shards,
 
 
 def test_the_shard_writer_reports_a_bad_folder_in_one_line(tmp_path, capsys):
-    from nas.stream_data import main
+    from nas.data.streaming import main
 
     assert main(["--root", str(tmp_path), "--out", str(tmp_path / "shards")]) == 1
     assert capsys.readouterr().err.strip().startswith(
-        "python -m nas.stream_data: error: root: no folder")
+        "python -m nas.data.streaming: error: root: no folder")

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from nas.cli import main
-from nas.sweep import from_checkpoint
-from nas.sweep_file import (
+from nas.sweeps.file import (
     RECORD,
     RESULT,
     RESULTS,
@@ -23,6 +22,7 @@ from nas.sweep_file import (
     propose,
     run_id,
 )
+from nas.sweeps.run import from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 FRACTIONS = [0.15, 0.4, 1.0]
@@ -244,7 +244,7 @@ def test_a_search_writes_its_own_result_at_fit_end(tiny_space, tiny_table, tmp_p
 
     from costmodels import CostTable, table_cost
     from nas.callbacks import RunResult
-    from nas.data import SyntheticDataModule
+    from nas.data.splits import SyntheticDataModule
     from nas.search import SupernetSearch
     from supernet import ArchConfig
     from tests.conftest import TINY

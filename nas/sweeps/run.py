@@ -4,7 +4,7 @@ Each run gets its own directory, named by a hash of its parameters, and logs to 
 the search writes its own ``result.json`` there at fit end (`nas.callbacks.RunResult`) and the
 sweep adds ``sweep_run.json`` when the run finished, so rerunning the command resumes a half-done
 sweep. The sweep's results are ``sweep_results.json`` and ``sweep_pareto.png`` (accuracy against
-table cost, a point a run). The file itself, its draws and its checks are `nas.sweep_file`.
+table cost, a point a run). The file itself, its draws and its checks are `nas.sweeps.file`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from nas.pareto import pareto_flags, write_atomic
-from nas.sweep_file import (
+from nas.family.pareto import pareto_flags
+from nas.sweeps.file import (
     PLOT,
     RECORD,
     RESULT,
@@ -36,6 +36,7 @@ from nas.sweep_file import (
     run_id,
     search_args,
 )
+from supernet.io import write_atomic
 
 
 # -- one run ----------------------------------------------------------------------------------

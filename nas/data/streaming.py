@@ -8,8 +8,8 @@ folders or object storage (s3://, gs://) through a local cache, and resumes mid-
 `search` and `val` splits are carved from the training shards by `litdata.train_test_split`
 with `data_seed` (whole chunks, shuffled by the seed), so every rank carves the same splits.
 
-Write shards once: ``python -m nas.stream_data --root <folder or torchvision root> --out <dir>``
-(<dir>/train and <dir>/test), then search with ``--data nas.stream_data.StreamingImageDataModule
+Write shards once: ``python -m nas.data.streaming --root <folder or torchvision root> --out <dir>``
+(<dir>/train and <dir>/test), then search with ``--data nas.data.streaming.StreamingImageDataModule
 --data.train_dir <dir>/train --data.test_dir <dir>/test``.
 """
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nas.image_data import MODES, Augment, ImageDataModule
+from nas.data.images import MODES, Augment, ImageDataModule
 
 
 class ShardItem:
@@ -118,7 +118,7 @@ class StreamingImageDataModule(ImageDataModule):
         except (FileNotFoundError, ValueError, AssertionError) as e:  # litdata asserts
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"no shards at {where!r} ({message}); write them with `python -m "
-                             "nas.stream_data --root <images> --out <dir>`") from None
+                             "nas.data.streaming --root <images> --out <dir>`") from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -176,7 +176,7 @@ class StreamingImageDataModule(ImageDataModule):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nas.stream_data", description=(
+    parser = argparse.ArgumentParser(prog="python -m nas.data.streaming", description=(
         "Write an image folder or a torchvision dataset as litdata shards: <out>/train, "
         "<out>/test."))
     parser.add_argument("--root", required=True, help="image folder (<root>/train/<class>/...) "

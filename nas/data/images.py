@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms.functional import to_pil_image
 
-from nas.data import SplitDataModule
-from nas.data_checks import (
+from nas.data.splits import SplitDataModule
+from nas.data.checks import (
     check_class_coverage,
     check_class_folders,
     check_label_range,

@@ -4,8 +4,8 @@ The architecture step needs batches the weights never trained on (DARTS' held-ou
 checkpoint callbacks need a real validation loop, so the training set is split three ways with a
 fixed seed; the test set is never part of a split. Data stays as in-memory tensors: per-item PIL
 conversion would dominate a small CPU machine. Image folders and torchvision datasets (decoded
-and augmented per item) are `nas.image_data`; shards streamed from beyond one disk,
-`nas.stream_data`; both reuse this split.
+and augmented per item) are `nas.data.images`; shards streamed from beyond one disk,
+`nas.data.streaming`; both reuse this split.
 """
 
 from __future__ import annotations

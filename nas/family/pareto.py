@@ -8,11 +8,11 @@ other record is at most as costly and at least as accurate, and strictly better 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from supernet.io import write_atomic
 
 MEASURED = "measured_latency_ms"
 
@@ -47,23 +47,6 @@ def mark_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r, flag in zip(records, flags, strict=True):
             r["on_front"][m] = flag
     return records
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write a file through ``write(tmp)`` into a temporary sibling, then rename it over
-    ``path``: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_pareto_json(records: list[dict[str, Any]], path: Path, **meta: Any) -> Path:

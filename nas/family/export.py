@@ -17,14 +17,10 @@ The search side (family, evaluation, Pareto front) lives here; what ships is `de
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import random
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +29,11 @@ from tqdm import tqdm
 
 from costmodels import CostTable
 from deploy import FamilyFile, MemberRecord, trained_weight_quant, write_family, write_member
-from nas.family import Family, family_from_search, parse_budgets
-from nas.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
-from nas.recalibrate import MemberEvaluation, evaluate_member
+from nas.family.chain import Family, family_from_search, parse_budgets
+from nas.family.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
+from nas.family.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
+from supernet.io import atomic_dir
 
 
 @dataclass
@@ -45,29 +42,6 @@ class ExportResult:
     family: Family
     records: list[dict[str, Any]]
     logged_artifact: bool = False
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` by renames
-    (the old export, if any, is moved aside first, then removed); on failure it is deleted."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} is a file; give a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.chmod(0o755)
-    old = tmp.with_suffix(".old") if out.exists() else None
-    if old is not None:
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def log_artifact(out: Path, name: str, metadata: Mapping[str, Any]) -> bool:
@@ -157,7 +131,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
 
 def make_datamodule(kind: str, space, batch_size: int = 128, data_dir: str | None = None):
     """The data module for ``--data``: Fashion-MNIST, or synthetic images shaped like ``space``."""
-    from nas.data import FashionMNISTDataModule, SyntheticDataModule
+    from nas.data.splits import FashionMNISTDataModule, SyntheticDataModule
 
     if kind == "synthetic":
         return SyntheticDataModule(image_size=space.input_size, channels=space.input_channels,
