@@ -47,11 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.set_defaults(func=_build)
 
     i = sub.add_parser("import", help="import a cost table CSV measured elsewhere",
-                       description="Columns are documented in CostTable.from_csv.")
+                       description="Columns are documented in CostTable.from_csv. Duplicate "
+                                   "signatures, unknown columns or kinds, wrong units, rows the "
+                                   "space never runs and missing signatures are refused.")
     i.add_argument("--csv", required=True, help="CSV with signature and metric columns")
     i.add_argument("--target", required=True, help="name of the hardware it was measured on")
     i.add_argument("--out", required=True, help="table JSON to write")
-    i.add_argument("--space", help="space YAML the table must cover (checked, then recorded)")
+    i.add_argument("--space", help="space YAML the table must cover exactly (checked, then "
+                                   "recorded); without it nothing checks coverage")
+    i.add_argument("--ignore-unused", action="store_true",
+                   help="drop rows the space never runs instead of refusing the table")
     i.add_argument("--device", default="", help="device description for the metadata")
     i.set_defaults(func=_import)
 
@@ -119,17 +124,28 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from costmodels.imports import fit_to_space
     from costmodels.table import CostTable, TableMeta
 
     table = CostTable.from_csv(args.csv, TableMeta(target=args.target, device=args.device,
                                                    method=f"imported from {args.csv}"))
     if args.space:
         space = _space(args.space)
-        table.check_covers(space)
+        rerun = (f"hwnas costs import --csv {args.csv} --target {args.target} --space "
+                 f"{args.space} --out {args.out}" + (" --ignore-unused" if args.ignore_unused
+                                                     else ""))
+        before = len(table)
+        table = fit_to_space(table, space, ignore_unused=args.ignore_unused,
+                             template=Path(args.out).with_suffix(".missing.csv"), rerun=rerun)
         table = CostTable(table.entries, table.meta.for_space(space, args.space))
+        if before > len(table):
+            print(f"dropped {before - len(table)} signature(s) space {space.name!r} never runs "
+                  "(--ignore-unused)")
     table.save(args.out)
+    covers = (f"covers every signature of space {table.meta.space!r}" if args.space else
+              "coverage not checked (pass --space)")
     print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
-          f"id {table.id}")
+          f"id {table.id}; {covers}")
     return 0
 
 

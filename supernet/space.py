@@ -8,6 +8,7 @@ and is raised before any model is built.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +254,9 @@ def _odd_kernel(k: Any, field: str) -> int:
     return k
 
 
+_ARCH_TOKEN = re.compile(r"^(r\d+|k\d+|s\d+|e\d+(\.\d+)?|c\d+)$")
+
+
 def _decode_arch(arch: str, where: str) -> dict[str, Any]:
     """Read a timm EfficientNet block string (``ir_r2_k3_s2_e6_c24``) with timm's own decoder."""
     from timm.models._efficientnet_builder import decode_arch_def
@@ -266,6 +270,11 @@ def _decode_arch(arch: str, where: str) -> dict[str, Any]:
                          f"got {block['block_type']!r} in {arch!r}")
     if block.get("se_layer") is not None or block.get("se_ratio"):
         raise SpaceError(f"{where}.arch: squeeze-excite ('_se…') is not supported yet in {arch!r}")
+    unsupported = [t for t in arch.split("_")[1:] if not _ARCH_TOKEN.match(t)]
+    if unsupported:  # timm knows them (groups, no skip, activation…); the elastic block does not
+        raise SpaceError(f"{where}.arch: option(s) {unsupported} in {arch!r} are not implemented "
+                         "by the elastic block; it reads only r (repeats), k (kernel), s "
+                         "(stride), e (expansion) and c (channels) — remove them")
     return {
         "depth": 1 + len(rest), "kernel": block["dw_kernel_size"], "stride": block["stride"],
         "expand": _plain_number(block["exp_ratio"]), "width": block["out_chs"],
