@@ -9,20 +9,32 @@ over its decisions' choices and weigh it by the probability that it runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+from timm.layers import create_act_layer
+from torch import nn
 
 from supernet.arch import ArchConfig, Number
 from supernet.blocks import mid_channels
-from supernet.quant import FLOAT_BITS
+from supernet.quant import FLOAT_BITS, FakeQuantAct, initial_step
 from supernet.space import SearchSpace
+
+LAYER_KINDS = ("conv", "dwconv", "linear")
 
 
 @dataclass(frozen=True)
-class LayerShape:
-    """One conv (kernel ≥ 1) or linear (kernel 0) layer of a concrete member; sizes in pixels."""
+class Layer:
+    """One conv (kernel ≥ 1) or linear (kernel 0) layer as the hardware sees it; sizes in
+    channels and pixels, bit-widths in bits (32 = float).
 
-    name: str  # e.g. "stage2.block1.dw"
-    kind: str  # "conv", "dwconv" or "linear"
+    conv / dwconv: ``input quantizer (act_bits < 32) → conv → batch norm → activation``;
+    ``activation`` is False for the projection (``pwl``) convs, which have none.
+    linear: ``global average pool over in_size × in_size → fully connected``; ``kernel`` is 0.
+    The one description of a layer: `LayerShape` names it inside a member, a cost signature
+    adds the batch, and `layer_module` builds it.
+    """
+
+    kind: str
     in_channels: int
     out_channels: int
     kernel: int
@@ -30,17 +42,70 @@ class LayerShape:
     in_size: int
     weight_bits: int = FLOAT_BITS
     act_bits: int = FLOAT_BITS
-    batch_norm: bool = True
-    activation: bool = True  # False for the linear projection convs and the classifiers
+    activation: bool = field(default=True, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"kind: must be one of {LAYER_KINDS}, got {self.kind!r}")
+        for f in ("in_channels", "out_channels", "stride", "in_size"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"{f}: must be a positive integer, got {getattr(self, f)!r}")
+        for f in ("weight_bits", "act_bits"):
+            if not 1 <= int(getattr(self, f)) <= FLOAT_BITS:
+                raise ValueError(f"{f}: bit-widths lie in 1..32, got {getattr(self, f)!r}")
+        if self.kind == "linear" and (self.kernel != 0 or self.activation):
+            raise ValueError(f"a linear layer has kernel 0 and no activation, got "
+                             f"kernel={self.kernel}, activation={self.activation}")
+        if self.kind != "linear" and self.kernel < 1:
+            raise ValueError(f"kernel: a {self.kind} needs kernel >= 1, got {self.kernel}")
+        if self.kind == "dwconv" and self.in_channels != self.out_channels:
+            raise ValueError(f"a dwconv has in_channels == out_channels, got "
+                             f"{self.in_channels} and {self.out_channels}")
 
     @property
     def out_size(self) -> int:
-        return -(-self.in_size // self.stride)  # "same" padding, odd kernels
+        """Output height/width in pixels ("same" padding, odd kernels); 1 for a linear layer,
+        which pools its input to 1×1."""
+        return 1 if self.kind == "linear" else -(-self.in_size // self.stride)
+
+    @property
+    def groups(self) -> int:
+        return self.in_channels if self.kind == "dwconv" else 1
 
     @property
     def weight_count(self) -> int:
-        per_out = 1 if self.kind == "dwconv" else self.in_channels
-        return self.out_channels * per_out * max(self.kernel, 1) ** 2
+        """Weights of the conv or fully-connected matrix (no bias, no batch norm)."""
+        return self.out_channels * (self.in_channels // self.groups) * max(self.kernel, 1) ** 2
+
+    def layer(self) -> Layer:
+        """Just the description (what any subclass adds dropped)."""
+        return Layer(**{f.name: getattr(self, f.name) for f in fields(Layer)})
+
+
+def layer_module(layer: Layer, act: str) -> nn.Module:
+    """The layer as an extracted network runs it (eval mode); ``act`` is the space's activation
+    name. Cost tables time exactly this."""
+    mods: list[nn.Module] = []
+    if layer.act_bits < FLOAT_BITS:
+        mods.append(FakeQuantAct(initial_step(layer.act_bits), layer.act_bits))
+    if layer.kind == "linear":
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                 nn.Linear(layer.in_channels, layer.out_channels)]
+    else:
+        mods += [nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
+                           layer.kernel // 2, groups=layer.groups, bias=False),
+                 nn.BatchNorm2d(layer.out_channels)]
+        if layer.activation:
+            mods.append(create_act_layer(act))
+    return nn.Sequential(*mods).eval()
+
+
+@dataclass(frozen=True)
+class LayerShape(Layer):
+    """A layer of a concrete member, by name (e.g. ``stage2.block1.dw``)."""
+
+    name: str = field(default="", kw_only=True)
+    batch_norm: bool = field(default=True, kw_only=True)
 
     @property
     def param_count(self) -> int:
@@ -67,8 +132,8 @@ class LayerSlot:
 def layer_slots(space: SearchSpace) -> list[LayerSlot]:
     """Every layer position of the supernet, in execution order."""
     stem = space.stem
-    stem_layer = LayerShape("stem", "conv", space.input_channels, stem.channels, stem.kernel,
-                            stem.stride, space.input_size)
+    stem_layer = LayerShape("conv", space.input_channels, stem.channels, stem.kernel,
+                            stem.stride, space.input_size, name="stem")
     slots = [LayerSlot("stem", (), (), lambda v, s=stem_layer: s)]
     size = stem_layer.out_size
     for i, st in enumerate(space.stages, 1):
@@ -95,7 +160,7 @@ def layer_slots(space: SearchSpace) -> list[LayerSlot]:
             slots.append(LayerSlot(
                 f"exit{i}.fc", (p + "width",), (("exit", i),),
                 lambda v, k=p + "width", n=f"exit{i}.fc", s=size: LayerShape(
-                    n, "linear", int(v[k]), space.num_classes, 0, 1, s, batch_norm=False,
+                    "linear", int(v[k]), space.num_classes, 0, 1, s, name=n, batch_norm=False,
                     activation=False),
             ))
     return slots
@@ -106,13 +171,13 @@ def _block_layer_builder(space: SearchSpace, name: str, op: str, cin_key: str | 
     def build(v: Mapping[str, Number]) -> LayerShape:
         cin = int(v[cin_key]) if isinstance(cin_key, str) else cin_key
         mid = int(mid_channels(cin, v[p + "expand"], space.channel_divisor))
-        bits = {"weight_bits": int(v[p + "wbits"]), "act_bits": int(v[p + "abits"])}
+        bits = {"weight_bits": int(v[p + "wbits"]), "act_bits": int(v[p + "abits"]), "name": name}
         if op == "pw":
-            return LayerShape(name, "conv", cin, mid, 1, 1, in_size, **bits)
+            return LayerShape("conv", cin, mid, 1, 1, in_size, **bits)
         if op == "dw":
-            return LayerShape(name, "dwconv", mid, mid, int(v[p + "kernel"]), stride, in_size,
+            return LayerShape("dwconv", mid, mid, int(v[p + "kernel"]), stride, in_size,
                               **bits)
-        return LayerShape(name, "conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits,
+        return LayerShape("conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits,
                           activation=False)
 
     return build
