@@ -119,12 +119,24 @@ def space_fingerprint(space: SearchSpace) -> str:
     """
     desc = {
         "decisions": [[d.key, d.kind, list(d.choices)] for d in space.decisions],
-        "stages": [asdict(s) for s in space.stages],
+        "stages": [_without_defaults(asdict(s), STAGE_DEFAULTS) for s in space.stages],
         "stem": asdict(space.stem),
         "input": [space.input_channels, space.input_size],
         "num_classes": space.num_classes,
         "act": space.act,
         "channel_divisor": space.channel_divisor,
     }
+    # options added after tables were shipped count only when used, so old fingerprints hold
+    if space.head_channels:
+        desc["head"] = space.head_channels
+    if space.first_block_residual:
+        desc["first_block_residual"] = True
     text = json.dumps(desc, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+STAGE_DEFAULTS = {"per_block": False, "skip": False}
+
+
+def _without_defaults(d: dict, defaults: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in defaults or v != defaults[k]}

@@ -18,6 +18,7 @@ from supernet.arch import ArchConfig, Number
 from supernet.blocks import mid_channels
 from supernet.quant import FLOAT_BITS, FakeQuantAct, initial_step
 from supernet.space import SearchSpace
+from supernet.topology import BlockKeys, value
 
 LAYER_KINDS = ("conv", "dwconv", "linear")
 
@@ -135,49 +136,62 @@ def layer_slots(space: SearchSpace) -> list[LayerSlot]:
     stem_layer = LayerShape("conv", space.input_channels, stem.channels, stem.kernel,
                             stem.stride, space.input_size, name="stem")
     slots = [LayerSlot("stem", (), (), lambda v, s=stem_layer: s)]
+    sizes = block_in_sizes(space)
     size = stem_layer.out_size
-    for i, st in enumerate(space.stages, 1):
-        p = f"stage{i}."
-        bits_keys = (p + "wbits", p + "abits")
-        in_src = space.stage_in_width(i)
-        for j in range(st.depths[-1]):
-            cin_key = in_src if j == 0 else p + "width"
-            stride = st.stride if j == 0 else 1
-            runs = ((p + "depth", j + 1), ("exit", i))
-            mid_keys = tuple(k for k in (cin_key, p + "expand") if isinstance(k, str))
-            for op, keys, out_size in (
-                ("pw", mid_keys, size),
-                ("dw", mid_keys + (p + "kernel",), size),
-                ("pwl", mid_keys + (p + "width",), -(-size // stride)),
-            ):
+    last = len(space.stages)
+    for i in range(1, last + 1):
+        for b in (b for b in space.blocks if b.stage == i):
+            size = sizes[b.name]
+            runs = ((b.depth, b.index), ("exit", i)) + (((b.run, 1),) if b.run else ())
+            mid_keys = tuple(k for k in (b.in_width, b.expand) if isinstance(k, str))
+            out_size = -(-size // b.stride)
+            for op, keys in (("pw", mid_keys), ("dw", mid_keys + (b.kernel,)),
+                             ("pwl", mid_keys + (b.width,))):
                 slots.append(LayerSlot(
-                    f"{p}block{j + 1}.{op}", keys + bits_keys, runs,
-                    _block_layer_builder(space, f"{p}block{j + 1}.{op}", op, cin_key, p,
-                                         stride, size if op != "pwl" else out_size),
+                    f"{b.name}.{op}", keys + (b.wbits, b.abits), runs,
+                    _block_layer_builder(space, f"{b.name}.{op}", op, b,
+                                         size if op != "pwl" else out_size),
                 ))
-            size = -(-size // stride)
+            size = out_size
+        width: str | int = f"stage{i}.width"
+        if i == last and space.head_channels:
+            slots.append(LayerSlot(
+                "head", (width,), (("exit", i),),
+                lambda v, k=width, s=size: LayerShape("conv", int(v[k]), space.head_channels,
+                                                      1, 1, s, name="head"),
+            ))
+            width = space.head_channels
         if i in space.exit_stages:
             slots.append(LayerSlot(
-                f"exit{i}.fc", (p + "width",), (("exit", i),),
-                lambda v, k=p + "width", n=f"exit{i}.fc", s=size: LayerShape(
-                    "linear", int(v[k]), space.num_classes, 0, 1, s, name=n, batch_norm=False,
-                    activation=False),
+                f"exit{i}.fc", (width,) if isinstance(width, str) else (), (("exit", i),),
+                lambda v, k=width, n=f"exit{i}.fc", s=size: LayerShape(
+                    "linear", int(v[k]) if isinstance(k, str) else k, space.num_classes, 0, 1,
+                    s, name=n, batch_norm=False, activation=False),
             ))
     return slots
 
 
-def _block_layer_builder(space: SearchSpace, name: str, op: str, cin_key: str | int, p: str,
-                         stride: int, in_size: int) -> Callable[[Mapping[str, Number]], LayerShape]:
+def block_in_sizes(space: SearchSpace) -> dict[str, int]:
+    """Input height = width (pixels) of every block, by block name."""
+    size = -(-space.input_size // space.stem.stride)
+    out = {}
+    for b in space.blocks:
+        out[b.name] = size
+        size = -(-size // b.stride)
+    return out
+
+
+def _block_layer_builder(space: SearchSpace, name: str, op: str, b: BlockKeys, in_size: int
+                         ) -> Callable[[Mapping[str, Number]], LayerShape]:
     def build(v: Mapping[str, Number]) -> LayerShape:
-        cin = int(v[cin_key]) if isinstance(cin_key, str) else cin_key
-        mid = int(mid_channels(cin, v[p + "expand"], space.channel_divisor))
-        bits = {"weight_bits": int(v[p + "wbits"]), "act_bits": int(v[p + "abits"]), "name": name}
+        cin = int(value(v, b.in_width))
+        mid = int(mid_channels(cin, v[b.expand], space.channel_divisor))
+        bits = {"weight_bits": int(v[b.wbits]), "act_bits": int(v[b.abits]), "name": name}
         if op == "pw":
             return LayerShape("conv", cin, mid, 1, 1, in_size, **bits)
         if op == "dw":
-            return LayerShape("dwconv", mid, mid, int(v[p + "kernel"]), stride, in_size,
-                              **bits)
-        return LayerShape("conv", mid, int(v[p + "width"]), 1, 1, in_size, **bits,
+            return LayerShape("dwconv", mid, mid, int(v[b.kernel]), b.stride, in_size, **bits)
+        return LayerShape("conv", mid, int(v[b.width]), 1, 1, in_size, **bits,
                           activation=False)
 
     return build
