@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from costmodels.priced import block_signatures, required_signatures
 from costmodels.signature import KINDS, SIGNATURE_FIELDS, OpSignature, enumerate_signatures
 from costmodels.table import CostTable, TableError, TableMeta
 from supernet.space import SearchSpace
@@ -137,31 +138,36 @@ def _activation_variants(sig: OpSignature, flag: str | None, where: str
 
 
 def fit_to_space(table: CostTable, space: SearchSpace, *, ignore_unused: bool = False,
-                 template: str | Path | None = None, rerun: str = "") -> CostTable:
+                 template: str | Path | None = None, rerun: str = "",
+                 write=None) -> CostTable:
     """``table`` restricted to what ``space`` runs, or a one-line error.
 
     Rows the space never runs are an error (a typo in a row looks exactly like that) unless
     ``ignore_unused``, which drops them. Signatures the space runs that the table lacks are an
-    error naming how many and the first few; their rows are written to ``template`` (a CSV with
-    empty metric cells to fill in) and ``rerun`` (a command) says how to import again.
+    error naming how many and the first few; their rows are written to ``template`` (by
+    ``write(signatures, path, metrics)``, default a CSV with empty metric cells to fill in) and
+    ``rerun`` (a command) says how to import again.
     """
-    needed = {s.key: s for s in enumerate_signatures(space, table.meta.batch)}
-    unused = sorted(k for k in table.entries if k not in needed)
+    batch = table.meta.batch
+    needed = required_signatures(space, table.entries, batch)
+    usable = {s.key for s in enumerate_signatures(space, batch)} | {
+        s.key for s in block_signatures(space, batch)}
+    unused = sorted(k for k in table.entries if k not in usable and k not in needed)
     if unused and not ignore_unused:
         raise TableError(f"{len(unused)} of the table's {len(table)} signatures are never run "
                          f"by space {space.name!r} (batch {table.meta.batch}): {_few(unused)}; "
                          "fix those rows, or pass --ignore-unused to drop them")
-    missing = sorted(s for k, s in needed.items() if k not in table.entries)
+    missing = [needed[k] for k in sorted(needed) if k not in table.entries]
     if missing:
         wrote = ""
         if template is not None:
-            write_template(missing, template, table.metrics or ("latency_ms",))
-            wrote = (f"; wrote their rows to {template}: fill in the metric cells, add them to "
-                     "the CSV")
+            (write or write_template)(missing, template, table.metrics or ("latency_ms",))
+            wrote = (f"; wrote their rows to {template}: fill in the metric values, add them "
+                     "to the table")
         again = f" and run `{rerun}` again" if rerun else ""
         raise TableError(f"the table lacks {len(missing)} of the {len(needed)} signatures space "
                          f"{space.name!r} runs: {_few([s.key for s in missing])}{wrote}{again}")
-    kept = {k: v for k, v in table.entries.items() if k in needed}
+    kept = {k: v for k, v in table.entries.items() if k in usable}
     return CostTable(kept, table.meta, table.overhead, table.correction)
 
 

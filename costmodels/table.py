@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from costmodels.priced import Signature, is_block_key, parse_key, required_signatures
 from costmodels.signature import (
     SIGNATURE_FIELDS,
     OpSignature,
-    enumerate_signatures,
     space_fingerprint,
 )
 from supernet.space import SearchSpace
@@ -142,7 +142,7 @@ class CostTable:
                            for m, c in (correction or {}).items()}
         self.entries: dict[str, dict[str, float]] = {}
         for key, metrics in entries.items():
-            OpSignature.parse(key)  # reject malformed keys early
+            parse_key(key)  # reject malformed keys early
             self.entries[key] = {m: float(v) for m, v in metrics.items()}
 
     # -- lookups ------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class CostTable:
         key = sig if isinstance(sig, str) else sig.key
         entry = self.entries.get(key)
         if entry is None:
-            raise MissingSignatureError(OpSignature.parse(key), self)
+            raise MissingSignatureError(parse_key(key), self)
         if metric not in entry:
             self.check_metric(metric)
             raise TableError(f"entry {key} of cost table {self.id} lacks metric {metric!r}")
@@ -189,9 +189,11 @@ class CostTable:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def missing(self, space: SearchSpace) -> list[OpSignature]:
-        """Signatures of ``space`` (at the table's batch) that the table lacks, sorted."""
-        return sorted(s for s in enumerate_signatures(space, self.meta.batch) if s not in self)
+    def missing(self, space: SearchSpace) -> list[Signature]:
+        """Signatures of ``space`` (at the table's batch) that the table lacks, sorted by key:
+        each block position by its block entries or its layers (`costmodels.priced`)."""
+        needed = required_signatures(space, self.entries, self.meta.batch)
+        return [needed[k] for k in sorted(needed) if k not in self.entries]
 
     def check_covers(self, space: SearchSpace) -> None:
         """Raise unless this table was built for ``space`` and prices every layer it can run."""
@@ -282,6 +284,10 @@ class CostTable:
     def to_csv(self, path: str | Path) -> Path:
         """Write the entries as CSV (the columns `from_csv` reads, ``activation`` included)."""
         path = Path(path)
+        blocks = [k for k in self.entries if is_block_key(k)]
+        if blocks:
+            raise TableError(f"table {self.id} has {len(blocks)} block-level entries (e.g. "
+                             f"{blocks[0]}), which have no CSV form; share its JSON instead")
         metrics = sorted({m for e in self.entries.values() for m in e})
         with path.open("w", newline="") as f:
             writer = csv.writer(f)

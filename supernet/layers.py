@@ -116,6 +116,49 @@ class LayerShape(Layer):
         return self.weight_count + extra + bias
 
 
+BLOCK_KINDS = ("block", "skip")
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """A whole inverted-residual block as a block-level cost table prices it (input quantizer,
+    1x1 expand, k×k depthwise with the stride, 1x1 project, the residual add if ``residual``);
+    ``kind`` "skip" is a skip choice taken: the identity (expand and kernel 0, stride 1)."""
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    expand: Number
+    kernel: int
+    stride: int
+    in_size: int
+    weight_bits: int = FLOAT_BITS
+    act_bits: int = FLOAT_BITS
+    residual: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"kind: a block is one of {BLOCK_KINDS}, got {self.kind!r}")
+        for f in ("in_channels", "out_channels", "stride", "in_size"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"{f}: must be a positive integer, got {getattr(self, f)!r}")
+        if self.kind == "skip" and (self.in_channels != self.out_channels or self.stride != 1
+                                    or self.expand or self.kernel or self.residual):
+            raise ValueError("a skip is the identity: in == out channels, stride 1, expand and "
+                             "kernel 0, no residual")
+        if self.kind == "block" and (self.expand <= 0 or self.kernel < 1):
+            raise ValueError(f"a block needs expand > 0 and kernel >= 1, got {self.expand}, "
+                             f"{self.kernel}")
+
+    @property
+    def out_size(self) -> int:
+        return -(-self.in_size // self.stride)
+
+    def block(self) -> BlockShape:
+        """Just the description (what any subclass adds dropped)."""
+        return BlockShape(**{f.name: getattr(self, f.name) for f in fields(BlockShape)})
+
+
 @dataclass(frozen=True)
 class LayerSlot:
     """A layer position: ``build(values)`` gives its shape from the values of ``shape_keys``;
@@ -193,6 +236,44 @@ def _block_layer_builder(space: SearchSpace, name: str, op: str, b: BlockKeys, i
             return LayerShape("dwconv", mid, mid, int(v[b.kernel]), b.stride, in_size, **bits)
         return LayerShape("conv", mid, int(v[b.width]), 1, 1, in_size, **bits,
                           activation=False)
+
+    return build
+
+
+@dataclass(frozen=True)
+class BlockSlot:
+    """A block position priced whole: ``build(values)`` gives its `BlockShape` (a skip when its
+    skip choice is taken); it runs under ``runs_if`` and stands for the layer slots ``layers``."""
+
+    name: str
+    shape_keys: tuple[str, ...]
+    runs_if: tuple[tuple[str, int], ...]
+    build: Callable[[Mapping[str, Number]], BlockShape]
+    layers: tuple[str, ...]
+
+    def runs(self, values: Mapping[str, Number]) -> bool:
+        return all(values[k] >= m for k, m in self.runs_if)
+
+
+def block_slots(space: SearchSpace) -> list[BlockSlot]:
+    """Every block position of the supernet, in execution order."""
+    sizes = block_in_sizes(space)
+    return [BlockSlot(b.name, b.keys + ((b.run,) if b.run else ()),
+                      ((b.depth, b.index), ("exit", b.stage)),
+                      _block_builder(space, b, sizes[b.name]),
+                      tuple(f"{b.name}.{op}" for op in ("pw", "dw", "pwl")))
+            for b in space.blocks]
+
+
+def _block_builder(space: SearchSpace, b: BlockKeys, in_size: int
+                   ) -> Callable[[Mapping[str, Number]], BlockShape]:
+    def build(v: Mapping[str, Number]) -> BlockShape:
+        cin = int(value(v, b.in_width))
+        if b.run is not None and not int(v[b.run]):
+            return BlockShape("skip", cin, cin, 0, 0, 1, in_size)
+        return BlockShape("block", cin, int(v[b.width]), v[b.expand], int(v[b.kernel]),
+                          b.stride, in_size, int(v[b.wbits]), int(v[b.abits]),
+                          residual=b.residual)
 
     return build
 
