@@ -74,6 +74,10 @@ def _cover_advice(meta: TableMeta, space_file: str, batch: int) -> str:
     if meta.target.split(":")[0] in ("cpu", "cuda", "onnxruntime") or meta.target in PRESETS:
         return (f"Build a table that covers the space with `hwnas costs build --space "
                 f"{space_file} --target {meta.target} --batch {batch} --out <table.json>`.")
+    if "HW-NAS-Bench" in meta.method:
+        return (f"Import a table that covers the space with `hwnas costs import --hw-nas-bench "
+                f"<file.json> --device {meta.target} --metric latency --space {space_file} "
+                "--out <table.json>` (it lists every missing entry and writes a template).")
     return (f"Import a table that covers the space with `hwnas costs import --csv <rows.csv> "
             f"--target {meta.target} --space {space_file} --out <table.json>` (it lists every "
             "missing row and writes a template CSV to fill in).")

@@ -133,3 +133,13 @@ def test_duplicate_keys_unknown_device_and_missing_arguments(tmp_path, capsys):
     code = hwnas(["costs", "import", "--hw-nas-bench", str(EXAMPLE), "--out",
                   str(tmp_path / "x.json")])
     refused(capsys, code, "--hw-nas-bench needs --space --device --metric")
+
+
+def test_a_lookup_the_table_lacks_advises_the_block_import(tmp_path, space):
+    assert run(tmp_path, EXAMPLE, "--ignore-unused") == 0
+    table = CostTable.load(tmp_path / "t.json")
+    entries = dict(table.entries)
+    entries.pop(next(k for k in entries if k.startswith("block_")))
+    with pytest.raises(LookupError) as err:
+        CostTable(entries, table.meta).check_covers(space)
+    assert "hwnas costs import --hw-nas-bench <file.json> --device pixel3" in str(err.value)
