@@ -46,13 +46,31 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--threads 1), robust when other processes share the machine")
     b.set_defaults(func=_build)
 
-    i = sub.add_parser("import", help="import a cost table CSV measured elsewhere",
-                       description="Columns are documented in CostTable.from_csv.")
-    i.add_argument("--csv", required=True, help="CSV with signature and metric columns")
-    i.add_argument("--target", required=True, help="name of the hardware it was measured on")
+    i = sub.add_parser("import", help="import a cost table measured elsewhere (CSV, or an "
+                                      "HW-NAS-Bench-format block table)",
+                       description="CSV columns are documented in CostTable.from_csv; the "
+                                   "HW-NAS-Bench format in costmodels.hwnasbench. Duplicate "
+                                   "signatures, unknown columns, keys or kinds, wrong units, "
+                                   "rows the space never runs and missing signatures are "
+                                   "refused.")
+    source = i.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="CSV with signature and metric columns")
+    source.add_argument("--hw-nas-bench", metavar="FILE",
+                        help="HW-NAS-Bench-format JSON of per-block entries (needs --space, "
+                             "--device, --metric)")
+    i.add_argument("--target", help="name of the hardware a CSV was measured on")
+    i.add_argument("--device", default="",
+                   help="--hw-nas-bench: the device in the file (e.g. pixel3); --csv: a "
+                        "device description for the metadata")
+    i.add_argument("--metric", choices=("latency", "energy"),
+                   help="--hw-nas-bench: which of the device's metrics")
+    i.add_argument("--unit", help="--hw-nas-bench: the metric's unit when the file states none "
+                                  "(latency: ms, us, s; energy: mJ, uJ, J)")
     i.add_argument("--out", required=True, help="table JSON to write")
-    i.add_argument("--space", help="space YAML the table must cover (checked, then recorded)")
-    i.add_argument("--device", default="", help="device description for the metadata")
+    i.add_argument("--space", help="space YAML the table must cover exactly (checked, then "
+                                   "recorded); without it nothing checks coverage")
+    i.add_argument("--ignore-unused", action="store_true",
+                   help="drop rows the space never runs instead of refusing the table")
     i.set_defaults(func=_import)
 
     c = sub.add_parser("check", help="predicted vs. measured latency of sampled members",
@@ -119,17 +137,59 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from costmodels.table import CostTable, TableMeta
+    from costmodels.imports import fit_to_space
+    from costmodels.table import CostTable, TableError, TableMeta
 
+    if args.hw_nas_bench:
+        return _import_hw_nas_bench(args)
+    if not args.target:
+        raise TableError("--target: name the hardware the CSV was measured on (e.g. --target "
+                         "my-npu)")
     table = CostTable.from_csv(args.csv, TableMeta(target=args.target, device=args.device,
                                                    method=f"imported from {args.csv}"))
     if args.space:
         space = _space(args.space)
-        table.check_covers(space)
+        before = len(table)
+        table = fit_to_space(table, space, ignore_unused=args.ignore_unused,
+                             template=Path(args.out).with_suffix(".missing.csv"),
+                             rerun=_rerun(args, f"--csv {args.csv} --target {args.target}"))
         table = CostTable(table.entries, table.meta.for_space(space, args.space))
+        if before > len(table):
+            print(f"dropped {before - len(table)} signature(s) space {space.name!r} never runs "
+                  "(--ignore-unused)")
     table.save(args.out)
+    covers = (f"covers every signature of space {table.meta.space!r}" if args.space else
+              "coverage not checked (pass --space)")
     print(f"wrote {args.out}: {len(table)} signatures, metrics {list(table.metrics)}, "
-          f"id {table.id}")
+          f"id {table.id}; {covers}")
+    return 0
+
+
+def _rerun(args: argparse.Namespace, source: str) -> str:
+    """The command that imports again (what the user ran), for error messages."""
+    return (f"hwnas costs import {source} --space {args.space} --out {args.out}"
+            + (" --ignore-unused" if args.ignore_unused else ""))
+
+
+def _import_hw_nas_bench(args: argparse.Namespace) -> int:
+    from costmodels.hwnasbench import import_hw_nas_bench
+    from costmodels.table import TableError
+
+    lacking = [f"--{n}" for n in ("space", "device", "metric") if not getattr(args, n)]
+    if lacking:
+        raise TableError(f"--hw-nas-bench needs {' '.join(lacking)} (e.g. --space "
+                         "configs/spaces/fbnet_cifar32.yaml --device pixel3 --metric latency)")
+    space = _space(args.space)
+    unit = f" --unit {args.unit}" if args.unit else ""
+    table = import_hw_nas_bench(
+        args.hw_nas_bench, args.device, args.metric, space, space_file=args.space,
+        unit=args.unit, ignore_unused=args.ignore_unused,
+        template=Path(args.out).with_suffix(".missing.json"),
+        rerun=_rerun(args, f"--hw-nas-bench {args.hw_nas_bench} --device {args.device} "
+                           f"--metric {args.metric}{unit}"))
+    table.save(args.out)
+    print(f"wrote {args.out}: {len(table)} signatures of space {space.name!r} ({table.meta.notes}"
+          f"), metrics {list(table.metrics)}, id {table.id}; covers every member")
     return 0
 
 

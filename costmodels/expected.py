@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from costmodels.signature import OpSignature, slot_shapes, unique_keys
+from costmodels.priced import layer_count, member_signatures, priced_slots
 from costmodels.table import CostTable, reduction
 from supernet.arch import ArchConfig
-from supernet.layers import describe_layers, layer_slots
 from supernet.space import SearchSpace
 
 DTYPE = torch.float64
@@ -47,14 +46,15 @@ class ExpectedCost(nn.Module):
         self.table = table  # `CostTable.network_cost`: overhead and correction
         self._slots: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._values: dict[str, float] = {}  # signature key -> table value, for `concrete`
-        for i, slot in enumerate(layer_slots(space)):
-            keys = unique_keys(slot)
+        self.priced = priced_slots(space, table.entries, self.batch)
+        for i, slot in enumerate(self.priced):
+            keys = slot.keys
             sizes = [len(space.decision(k).choices) for k in keys]
             cost = torch.zeros(sizes, dtype=DTYPE)
-            count = torch.ones(sizes, dtype=DTYPE)  # one layer, if it runs
-            for idx, shape in slot_shapes(space, slot):
-                sig = OpSignature.from_shape(shape, self.batch)
+            count = torch.ones(sizes, dtype=DTYPE)  # layers, if it runs (a skip: none)
+            for idx, sig in slot.signatures(space):
                 cost[idx] = self._values.setdefault(sig.key, table.lookup(sig, metric))
+                count[idx] = layer_count(sig)
             run_keys = []
             for key, minimum in _runs_if(slot.runs_if).items():
                 mask = torch.tensor([float(c >= minimum) for c in space.decision(key).choices],
@@ -103,10 +103,12 @@ class ExpectedCost(nn.Module):
         return self.table.network_cost(terms.cumsum(0)[-1], layers, self.metric)
 
     def concrete(self, arch: ArchConfig) -> float:
-        """The table cost of one concrete member (same units), summed (or maxed) over its layers."""
-        return self.table.network_cost(
-            concrete_cost(self.space, lambda s: self._values[s.key], arch, self.metric,
-                          self.batch), len(describe_layers(self.space, arch)), self.metric)
+        """The table cost of one concrete member (same units), summed (or maxed) over what it
+        runs: its layers, or its blocks where the table prices blocks whole."""
+        ran = member_signatures(self.space, self.priced, arch)
+        values = [self._values[sig.key] for sig, _ in ran]
+        total = max(values) if self.reduce == "max" else sum(values)
+        return self.table.network_cost(total, sum(n for _, n in ran), self.metric)
 
     def _check(self, probs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -122,21 +124,14 @@ class ExpectedCost(nn.Module):
         return out
 
 
-def concrete_cost(space: SearchSpace, lookup, arch: ArchConfig, metric: str,
-                  batch: int = 1) -> float:
-    """Sum (or max, for peak memory) of ``lookup(signature)`` over the layers of ``arch``."""
-    values = [lookup(OpSignature.from_shape(layer, batch))
-              for layer in describe_layers(space, arch)]
-    return max(values) if reduction(metric) == "max" else sum(values)
-
-
 def table_cost(space: SearchSpace, table: CostTable, arch: ArchConfig,
                metric: str = "latency_ms") -> float:
     """The cost of a concrete member read straight from ``table`` (its overhead included,
-    and its fitted correction, if it has one)."""
-    return table.network_cost(concrete_cost(space, lambda s: table.lookup(s, metric), arch,
-                                            metric, table.meta.batch),
-                              len(describe_layers(space, arch)), metric)
+    and its fitted correction, if it has one); blocks priced whole where the table has them."""
+    ran = member_signatures(space, priced_slots(space, table.entries, table.meta.batch), arch)
+    values = [table.lookup(sig, metric) for sig, _ in ran]
+    total = max(values) if reduction(metric) == "max" else sum(values)
+    return table.network_cost(total, sum(n for _, n in ran), metric)
 
 
 def _runs_if(conditions: Sequence[tuple[str, int]]) -> dict[str, int]:

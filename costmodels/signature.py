@@ -14,11 +14,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 
-from supernet.layers import LayerShape, LayerSlot, layer_slots
+from supernet.layers import LAYER_KINDS, Layer, LayerShape, LayerSlot, layer_slots
+from supernet.quant import FLOAT_BITS  # noqa: F401  (re-exported: costmodels' modules use it)
 from supernet.space import SearchSpace
 
-KINDS = ("conv", "dwconv", "linear")
-FLOAT_BITS = 32
+KINDS = LAYER_KINDS
 _KEY = re.compile(
     r"^(?P<kind>[a-z]+)_i(?P<in_channels>\d+)_o(?P<out_channels>\d+)_k(?P<kernel>\d+)"
     r"_s(?P<stride>\d+)_r(?P<in_size>\d+)_w(?P<weight_bits>\d+)_a(?P<act_bits>\d+)"
@@ -31,49 +31,23 @@ class SignatureError(ValueError):
 
 
 @dataclass(frozen=True, order=True)
-class OpSignature:
-    """One layer as the hardware sees it.
+class OpSignature(Layer):
+    """One layer as the hardware sees it (the supernet's `Layer`), run on ``batch`` samples."""
 
-    conv / dwconv: ``input quantizer (act_bits < 32) → conv → batch norm → activation``;
-    ``activation`` is False for the projection (``pwl``) convs, which have none.
-    linear: ``global average pool over in_size × in_size → fully connected``; ``kernel`` is 0.
-    """
-
-    kind: str
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    in_size: int
-    weight_bits: int = FLOAT_BITS
-    act_bits: int = FLOAT_BITS
     batch: int = 1
-    activation: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SignatureError(f"kind: must be one of {KINDS}, got {self.kind!r}")
-        for f in ("in_channels", "out_channels", "stride", "in_size", "batch"):
-            if int(getattr(self, f)) < 1:
-                raise SignatureError(f"{f}: must be a positive integer, got {getattr(self, f)!r}")
-        for f in ("weight_bits", "act_bits"):
-            if not 1 <= int(getattr(self, f)) <= FLOAT_BITS:
-                raise SignatureError(f"{f}: bit-widths lie in 1..32, got {getattr(self, f)!r}")
-        if self.kind == "linear" and (self.kernel != 0 or self.activation):
-            raise SignatureError(f"a linear signature has kernel 0 and no activation, got "
-                                 f"kernel={self.kernel}, activation={self.activation}")
-        if self.kind != "linear" and self.kernel < 1:
-            raise SignatureError(f"kernel: a {self.kind} needs kernel >= 1, got {self.kernel}")
-        if self.kind == "dwconv" and self.in_channels != self.out_channels:
-            raise SignatureError(f"a dwconv has in_channels == out_channels, got "
-                                 f"{self.in_channels} and {self.out_channels}")
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise SignatureError(str(e)) from None
+        if int(self.batch) < 1:
+            raise SignatureError(f"batch: must be a positive integer, got {self.batch!r}")
 
     @classmethod
-    def from_shape(cls, shape: LayerShape, batch: int = 1) -> OpSignature:
+    def from_shape(cls, shape: Layer, batch: int = 1) -> OpSignature:
         """The signature of a layer of the supernet run with ``batch`` samples."""
-        return cls(shape.kind, shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
-                   shape.in_size, shape.weight_bits, shape.act_bits, batch,
-                   activation=shape.activation)
+        return cls(**asdict(shape.layer()), batch=batch)
 
     @property
     def key(self) -> str:
@@ -95,20 +69,6 @@ class OpSignature:
         noact, kind = values.pop("noact"), values.pop("kind")
         return cls(kind, **{k: int(v) for k, v in values.items()},
                    activation=kind != "linear" and noact is None)
-
-    @property
-    def out_size(self) -> int:
-        """Output height/width in pixels ("same" padding); 1 for a linear layer."""
-        return 1 if self.kind == "linear" else -(-self.in_size // self.stride)
-
-    @property
-    def groups(self) -> int:
-        return self.in_channels if self.kind == "dwconv" else 1
-
-    @property
-    def weight_count(self) -> int:
-        """Weights of the conv or fully-connected matrix (no bias, no batch norm)."""
-        return self.out_channels * (self.in_channels // self.groups) * max(self.kernel, 1) ** 2
 
     def with_bits(self, weight_bits: int | None = None, act_bits: int | None = None
                   ) -> OpSignature:
@@ -159,12 +119,24 @@ def space_fingerprint(space: SearchSpace) -> str:
     """
     desc = {
         "decisions": [[d.key, d.kind, list(d.choices)] for d in space.decisions],
-        "stages": [asdict(s) for s in space.stages],
+        "stages": [_without_defaults(asdict(s), STAGE_DEFAULTS) for s in space.stages],
         "stem": asdict(space.stem),
         "input": [space.input_channels, space.input_size],
         "num_classes": space.num_classes,
         "act": space.act,
         "channel_divisor": space.channel_divisor,
     }
+    # options added after tables were shipped count only when used, so old fingerprints hold
+    if space.head_channels:
+        desc["head"] = space.head_channels
+    if space.first_block_residual:
+        desc["first_block_residual"] = True
     text = json.dumps(desc, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+STAGE_DEFAULTS = {"per_block": False, "skip": False}
+
+
+def _without_defaults(d: dict, defaults: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in defaults or v != defaults[k]}

@@ -17,16 +17,16 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from costmodels.priced import Signature, is_block_key, parse_key, required_signatures
 from costmodels.signature import (
     SIGNATURE_FIELDS,
     OpSignature,
-    enumerate_signatures,
     space_fingerprint,
 )
 from supernet.space import SearchSpace
@@ -46,18 +46,41 @@ class TableError(ValueError):
 
 
 class MissingSignatureError(LookupError):
-    """The table has no entry for a signature the architecture needs."""
+    """The table has no entry for a signature the architecture needs (``others``: more
+    signatures it also lacks, counted and the first few named)."""
 
-    def __init__(self, signature: OpSignature, table: CostTable):
+    def __init__(self, signature: OpSignature, table: CostTable,
+                 others: list[OpSignature] | None = None):
         self.signature = signature
         meta = table.meta
         space_file = meta.space_file or f"configs/spaces/{meta.space or '<space>'}.yaml"
+        more = ""
+        if others:
+            shown = ", ".join(s.key for s in others[:4])
+            more = (f" and {len(others)} more signature(s) the space runs ({shown}"
+                    f"{', …' if len(others) > 4 else ''})")
         super().__init__(
             f"cost table {table.id} (target {meta.target!r}, space {meta.space!r}) has no entry "
-            f"for signature {signature.key} ({signature.describe()}). Build a table that covers "
-            f"the space with `hwnas costs build --space {space_file} --target {meta.target} "
-            f"--batch {signature.batch} --out <table.json>`."
+            f"for signature {signature.key} ({signature.describe()}){more}. "
+            f"{_cover_advice(meta, space_file, signature.batch)}"
         )
+
+
+def _cover_advice(meta: TableMeta, space_file: str, batch: int) -> str:
+    """A command that gives a table covering the space: build it where hwnas can (this
+    machine, an analytic preset), else import a CSV that has the missing rows."""
+    from costmodels.analytic import PRESETS
+
+    if meta.target.split(":")[0] in ("cpu", "cuda", "onnxruntime") or meta.target in PRESETS:
+        return (f"Build a table that covers the space with `hwnas costs build --space "
+                f"{space_file} --target {meta.target} --batch {batch} --out <table.json>`.")
+    if "HW-NAS-Bench" in meta.method:
+        return (f"Import a table that covers the space with `hwnas costs import --hw-nas-bench "
+                f"<file.json> --device {meta.target} --metric latency --space {space_file} "
+                "--out <table.json>` (it lists every missing entry and writes a template).")
+    return (f"Import a table that covers the space with `hwnas costs import --csv <rows.csv> "
+            f"--target {meta.target} --space {space_file} --out <table.json>` (it lists every "
+            "missing row and writes a template CSV to fill in).")
 
 
 @dataclass
@@ -123,7 +146,7 @@ class CostTable:
                            for m, c in (correction or {}).items()}
         self.entries: dict[str, dict[str, float]] = {}
         for key, metrics in entries.items():
-            OpSignature.parse(key)  # reject malformed keys early
+            parse_key(key)  # reject malformed keys early
             self.entries[key] = {m: float(v) for m, v in metrics.items()}
 
     # -- lookups ------------------------------------------------------------------------------
@@ -143,7 +166,7 @@ class CostTable:
         key = sig if isinstance(sig, str) else sig.key
         entry = self.entries.get(key)
         if entry is None:
-            raise MissingSignatureError(OpSignature.parse(key), self)
+            raise MissingSignatureError(parse_key(key), self)
         if metric not in entry:
             self.check_metric(metric)
             raise TableError(f"entry {key} of cost table {self.id} lacks metric {metric!r}")
@@ -170,9 +193,11 @@ class CostTable:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def missing(self, space: SearchSpace) -> list[OpSignature]:
-        """Signatures of ``space`` (at the table's batch) that the table lacks, sorted."""
-        return sorted(s for s in enumerate_signatures(space, self.meta.batch) if s not in self)
+    def missing(self, space: SearchSpace) -> list[Signature]:
+        """Signatures of ``space`` (at the table's batch) that the table lacks, sorted by key:
+        each block position by its block entries or its layers (`costmodels.priced`)."""
+        needed = required_signatures(space, self.entries, self.meta.batch)
+        return [needed[k] for k in sorted(needed) if k not in self.entries]
 
     def check_covers(self, space: SearchSpace) -> None:
         """Raise unless this table was built for ``space`` and prices every layer it can run."""
@@ -180,12 +205,11 @@ class CostTable:
         if fp is not None and fp != space_fingerprint(space):
             raise TableError(
                 f"cost table {self.id} was built for space {self.meta.space!r} (fingerprint "
-                f"{fp}), not for space {space.name!r} (fingerprint {space_fingerprint(space)}); "
-                f"build one for it with `hwnas costs build --space <its yaml> --target "
-                f"{self.meta.target} --out <table.json>`")
+                f"{fp}), not for space {space.name!r} (fingerprint {space_fingerprint(space)}). "
+                + _cover_advice(self.meta, "<its yaml>", self.meta.batch))
         missing = self.missing(space)
         if missing:
-            raise MissingSignatureError(missing[0], self)
+            raise MissingSignatureError(missing[0], self, missing[1:])
 
     # -- identity and files -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -254,38 +278,20 @@ class CostTable:
         optional ``activation`` (1/0: whether the space's activation follows the conv; when the
         column is absent, each row prices both), then one column per metric, named with its unit
         (``latency_ms``, ``energy_mj``, ``weight_bytes``…). Empty metric cells are left out.
+        Duplicate signatures, unknown columns or kinds and wrong units are refused
+        (`costmodels.imports`).
         """
-        path = Path(path)
-        required = [f for f in SIGNATURE_FIELDS if f != "activation"]
-        entries: dict[str, dict[str, float]] = {}
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            lacking = [c for c in required if c not in header]
-            if lacking:
-                raise TableError(f"{path}: missing column(s) {lacking}; a cost CSV needs "
-                                 f"{required} (+ optional 'activation') and metric columns")
-            metric_cols = [c for c in header if c not in SIGNATURE_FIELDS]
-            if not metric_cols:
-                raise TableError(f"{path}: no metric columns (e.g. latency_ms) besides "
-                                 f"{list(SIGNATURE_FIELDS)}")
-            for line, row in enumerate(reader, 2):
-                try:
-                    sig = OpSignature(row["kind"].strip(),
-                                      *(int(row[c]) for c in required[1:]),
-                                      activation=False)
-                    metrics = {m: float(row[m]) for m in metric_cols
-                               if (row[m] or "").strip() != ""}
-                except (ValueError, TypeError) as e:
-                    raise TableError(f"{path}:{line}: bad row {dict(row)}: {e}") from e
-                for s in _activation_variants(sig, row.get("activation")):
-                    entries[s.key] = metrics
-        notes = f"{meta.notes} imported from {path.name}".strip()
-        return cls(entries, replace(meta, notes=notes, method=meta.method or "imported"))
+        from costmodels.imports import read_csv
+
+        return read_csv(path, meta)
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the entries as CSV (the columns `from_csv` reads, ``activation`` included)."""
         path = Path(path)
+        blocks = [k for k in self.entries if is_block_key(k)]
+        if blocks:
+            raise TableError(f"table {self.id} has {len(blocks)} block-level entries (e.g. "
+                             f"{blocks[0]}), which have no CSV form; share its JSON instead")
         metrics = sorted({m for e in self.entries.values() for m in e})
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -303,13 +309,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _activation_variants(sig: OpSignature, flag: str | None) -> Iterable[OpSignature]:
-    if sig.kind == "linear":
-        return [sig]
-    if flag is None or flag.strip() == "":
-        return [replace(sig, activation=True), sig]
-    if flag.strip().lower() not in {"0", "1", "true", "false"}:
-        raise TableError(f"activation column: expected 1/0 or true/false, got {flag!r}")
-    return [replace(sig, activation=flag.strip().lower() in {"1", "true"})]

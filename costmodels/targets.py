@@ -14,13 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
-from timm.layers import create_act_layer
 from torch import nn
 
 from costmodels import onnx_target
 from costmodels.signature import FLOAT_BITS, OpSignature
-from supernet.layers import LayerShape
-from supernet.quant import FakeQuantAct, initial_step
+from supernet.layers import LayerShape, layer_module
 
 RUNTIMES = {"cpu": "torch-eager (CPU)", "cuda": "torch-eager (CUDA)",
             "onnxruntime": "onnxruntime (CPU, QDQ int8 for quantized layers)"}
@@ -33,19 +31,7 @@ def is_measured(target: str) -> bool:
 
 def op_module(sig: OpSignature, act: str) -> nn.Module:
     """The layer as an extracted network runs it; ``act`` is the space's activation name."""
-    layers: list[nn.Module] = []
-    if sig.act_bits < FLOAT_BITS:
-        layers.append(FakeQuantAct(initial_step(sig.act_bits), sig.act_bits))
-    if sig.kind == "linear":
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(sig.in_channels,
-                                                                       sig.out_channels)]
-    else:
-        layers += [nn.Conv2d(sig.in_channels, sig.out_channels, sig.kernel, sig.stride,
-                             sig.kernel // 2, groups=sig.groups, bias=False),
-                   nn.BatchNorm2d(sig.out_channels)]
-        if sig.activation:
-            layers.append(create_act_layer(act))
-    return nn.Sequential(*layers).eval()
+    return layer_module(sig, act)
 
 
 def torch_runtime_signature(sig: OpSignature) -> OpSignature:

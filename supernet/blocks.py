@@ -7,6 +7,7 @@ return a static copy of itself at a concrete setting (`static`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
 from supernet.mix import Choice, Mix, apply_width, combine, mix_outputs
 from supernet.quant import ActQuantizer
+from supernet.topology import BlockKeys
 
 
 def mid_channels(in_width: Choice, expand: Choice, divisor: int) -> Choice:
@@ -35,32 +37,24 @@ def mid_channels(in_width: Choice, expand: Choice, divisor: int) -> Choice:
 
 @dataclass(frozen=True)
 class BlockChoice:
-    """What one block runs: hidden and output widths, kernel, weight and activation bits."""
+    """What one block runs: hidden and output widths, kernel, weight and activation bits, and
+    whether it runs at all (``run`` 0: the identity, 1: the block; a `Mix` weighs both)."""
 
     mid: Choice
     out: Choice
     kernel: Choice
     wbits: Choice
     abits: Choice
-
-
-@dataclass(frozen=True)
-class StageChoice:
-    """One stage's decisions, each a concrete value or a `Mix`."""
-
-    width: Choice
-    depth: Choice
-    expand: Choice
-    kernel: Choice
-    wbits: Choice
-    abits: Choice
+    run: Choice = 1
 
 
 class ElasticInvertedResidual(nn.Module):
     """quant → 1×1 expand → BN → act → quant → k×k depthwise → BN → act → quant → 1×1 project → BN.
 
     Every conv's weight is fake-quantized to ``wbits``; every conv input to ``abits``. The
-    shortcut exists only for blocks after a stage's first, so it never depends on the widths.
+    shortcut exists only where the space guarantees equal shapes (blocks after a stage's first;
+    a first block with stride 1 and one fixed width equal to its input's), so it never depends
+    on the widths. ``run`` 0 makes the block the identity (a skip choice).
     """
 
     def __init__(self, in_max: int, mid_max: int, out_max: int, kernel_max: int, stride: int,
@@ -83,6 +77,11 @@ class ElasticInvertedResidual(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: BlockChoice) -> torch.Tensor:
+        if isinstance(c.run, Mix):  # P(skip) · x + P(run) · block(x)
+            return mix_outputs(c.run, [x if v == 0 else self._run(x, c) for v in c.run.values])
+        return self._run(x, c) if int(c.run) else x
+
+    def _run(self, x: torch.Tensor, c: BlockChoice) -> torch.Tensor:
         shortcut = x
         x = self.quant_in(x, c.abits)
         x = apply_width(self.act(self.bn1(self.conv_pw(x, c.mid, 1, c.wbits))), c.mid)
@@ -92,7 +91,9 @@ class ElasticInvertedResidual(nn.Module):
         x = apply_width(self.bn3(self.conv_pwl(x, c.out, 1, c.wbits)), c.out)
         return shortcut + self.drop_path(x) if self.residual else x
 
-    def static(self, cin: int, c: BlockChoice) -> StaticInvertedResidual:
+    def static(self, cin: int, c: BlockChoice) -> nn.Module:
+        if not int(c.run):
+            return nn.Identity()
         mid, out, k, wb, ab = (int(v) for v in (c.mid, c.out, c.kernel, c.wbits, c.abits))
         return StaticInvertedResidual(
             quant_in=self.quant_in.static(ab),
@@ -125,48 +126,42 @@ class StaticInvertedResidual(nn.Module):
 
 
 class ElasticStage(nn.Module):
-    """A stack of blocks sharing width, expand ratio, kernel and bits; depth picks a prefix.
+    """A stack of blocks; depth picks a prefix. Each block's settings arrive as a `BlockChoice`
+    (the model reads them from the space's `BlockKeys`, per stage or per block).
 
     A `Mix` of depths runs every block and returns the probability-weighted sum of the outputs
     at each candidate depth.
     """
 
-    def __init__(self, in_widths: tuple[int, ...], spec, act: str, divisor: int,
-                 drop_path: float = 0.0):
+    def __init__(self, in_widths: tuple[int, ...], spec, blocks: Sequence[BlockKeys], act: str,
+                 divisor: int, drop_path: float = 0.0):
         super().__init__()
         self.divisor = divisor
         out_max = spec.widths[-1]
-        blocks = []
-        for j in range(spec.depths[-1]):
+        modules = []
+        for j, keys in enumerate(blocks):
             ins = in_widths if j == 0 else spec.widths
             mid_max = max(make_divisible(w * e, divisor) for w in ins for e in spec.expand_ratios)
-            blocks.append(ElasticInvertedResidual(
-                max(ins), mid_max, out_max, spec.kernel_sizes[-1], spec.stride if j == 0 else 1,
-                act, spec.weight_bits, spec.act_bits, residual=j > 0, drop_path=drop_path,
+            modules.append(ElasticInvertedResidual(
+                max(ins), mid_max, out_max, spec.kernel_sizes[-1], keys.stride,
+                act, spec.weight_bits, spec.act_bits, residual=keys.residual,
+                drop_path=drop_path,
             ))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(modules)
 
-    def block_choices(self, in_width: Choice, c: StageChoice) -> list[BlockChoice]:
-        """The setting of every block that runs (all of them under a `Mix` of depths)."""
-        n = len(self.blocks) if isinstance(c.depth, Mix) else int(c.depth)
-        return [
-            BlockChoice(mid_channels(in_width if j == 0 else c.width, c.expand, self.divisor),
-                        c.width, c.kernel, c.wbits, c.abits)
-            for j in range(n)
-        ]
-
-    def forward(self, x: torch.Tensor, in_width: Choice, c: StageChoice) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, choices: Sequence[BlockChoice], depth: Choice
+                ) -> torch.Tensor:
         outputs = []
-        for block, bc in zip(self.blocks, self.block_choices(in_width, c), strict=False):
+        for block, bc in zip(self.blocks, choices, strict=False):
             x = block(x, bc)
             outputs.append(x)
-        if isinstance(c.depth, Mix):
-            return mix_outputs(c.depth, [outputs[int(d) - 1] for d in c.depth.values])
+        if isinstance(depth, Mix):
+            return mix_outputs(depth, [outputs[int(d) - 1] for d in depth.values])
         return x
 
-    def static(self, in_width: int, c: StageChoice) -> nn.Sequential:
+    def static(self, in_width: int, choices: Sequence[BlockChoice]) -> nn.Sequential:
         blocks, cin = [], in_width
-        for block, bc in zip(self.blocks, self.block_choices(in_width, c), strict=False):
+        for block, bc in zip(self.blocks, choices, strict=False):
             blocks.append(block.static(cin, bc))
             cin = int(bc.out)
         return nn.Sequential(*blocks)

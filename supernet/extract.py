@@ -44,9 +44,14 @@ def extract(net: SuperNet, arch: ArchConfig) -> StaticNet:
     stages, heads = [], {}
     for i in range(1, last + 1):
         cin = int(net.in_width(resolved, i))
-        stages.append(net.stages[i - 1].static(cin, net.stage_choice(resolved, i)))
+        stages.append(net.stages[i - 1].static(cin, net.block_choices(resolved, i)))
         if str(i) in net.heads:
-            heads[i] = net.heads[str(i)].static(int(resolved[f"stage{i}.width"]))
+            width = int(resolved[f"stage{i}.width"])
+            if net.head is not None and i == len(net.stages):  # head conv, then classifier
+                heads[i] = nn.Sequential(net.head.static(width),
+                                         *net.heads[str(i)].static(net.head.channels))
+            else:
+                heads[i] = net.heads[str(i)].static(width)
     static = StaticNet(copy.deepcopy(net.stem), stages, heads)
     param = next(net.parameters())
     return static.to(device=param.device, dtype=param.dtype).train(net.training)

@@ -8,6 +8,7 @@ and is raised before any model is built.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,21 @@ import yaml
 
 from supernet.arch import ArchConfig, Number
 from supernet.mix import Choice, Mix
+from supernet.topology import BlockKeys
 
 DECISION_KINDS = ("width", "depth", "expand", "kernel", "wbits", "abits")
+BLOCK_KINDS = ("expand", "kernel", "run")  # decided per block with per_block / skip
 STAGE_FIELDS = {
     "arch", "widths", "depths", "expand_ratios", "kernel_sizes", "stride",
-    "weight_bits", "act_bits",
+    "weight_bits", "act_bits", "per_block", "skip",
 }
 TOP_FIELDS = {
     "name", "input_channels", "input_size", "num_classes", "act", "channel_divisor",
-    "stem", "stages", "exits", "weight_bits", "act_bits", "drop_path",
+    "stem", "stages", "exits", "weight_bits", "act_bits", "drop_path", "head",
+    "first_block_residual",
 }
 STEM_FIELDS = {"channels", "kernel", "stride"}
+HEAD_FIELDS = {"channels"}
 
 
 class SpaceError(ValueError):
@@ -40,7 +45,7 @@ class Decision:
     """One architecture decision: a stable key and its choices ordered cheapest → dearest."""
 
     key: str
-    kind: str  # one of DECISION_KINDS or "exit"
+    kind: str  # one of DECISION_KINDS, BLOCK_KINDS or "exit"
     choices: tuple[Number, ...]
     stage: int | None = None  # 1-based stage number; None for network-wide decisions
 
@@ -56,6 +61,8 @@ class StageSpec:
     stride: int
     weight_bits: tuple[int, ...]
     act_bits: tuple[int, ...]
+    per_block: bool = False  # expand and kernel decided per block, not per stage
+    skip: bool = False  # a skip (identity) choice for every block where the identity fits
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,14 @@ class SearchSpace:
             _parse_stage(s, f"stages[{i}]", default_bits) for i, s in enumerate(stages)
         )
         self.exit_stages = _parse_exits(self.spec.get("exits", []), len(self.stages))
+        self.head_channels = _parse_head(self.spec.get("head"))
+        self.first_block_residual = self.spec.get("first_block_residual", False)
+        if not isinstance(self.first_block_residual, bool):
+            raise SpaceError(f"first_block_residual: must be true or false, got "
+                             f"{self.first_block_residual!r}")
         self.decisions = self._build_decisions()
         self._by_key = {d.key: d for d in self.decisions}
+        self.blocks = self._build_blocks()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -107,13 +120,57 @@ class SearchSpace:
     def _build_decisions(self) -> tuple[Decision, ...]:
         out = []
         for i, st in enumerate(self.stages, 1):
+            per_stage = ("width", "depth", "wbits", "abits") if st.per_block else DECISION_KINDS
             for kind, choices in zip(DECISION_KINDS, (
                 st.widths, st.depths, st.expand_ratios, st.kernel_sizes,
                 st.weight_bits, st.act_bits,
             ), strict=True):
-                out.append(Decision(f"stage{i}.{kind}", kind, tuple(choices), i))
+                if kind in per_stage:
+                    out.append(Decision(f"stage{i}.{kind}", kind, tuple(choices), i))
+            for j in range(1, st.depths[-1] + 1):
+                p = f"stage{i}.block{j}."
+                if st.per_block:
+                    out.append(Decision(p + "expand", "expand", st.expand_ratios, i))
+                    out.append(Decision(p + "kernel", "kernel", st.kernel_sizes, i))
+                if st.skip and self._identity_fits(i, j):
+                    out.append(Decision(p + "run", "run", (0, 1), i))
         out.append(Decision("exit", "exit", self.exit_stages))
         return tuple(out)
+
+    def _identity_fits(self, stage: int, index: int) -> bool:
+        """Whether block ``index`` of ``stage`` keeps its input's shape whatever the decisions
+        (later blocks always; a first block with stride 1 and one fixed, equal width)."""
+        if index > 1:
+            return True
+        st = self.stages[stage - 1]
+        src = self.stem.channels if stage == 1 else self.stages[stage - 2].widths
+        ins = (src,) if isinstance(src, int) else src
+        return st.stride == 1 and len(ins) == 1 and st.widths == ins
+
+    def _build_blocks(self) -> tuple[BlockKeys, ...]:
+        out = []
+        for i, st in enumerate(self.stages, 1):
+            p = f"stage{i}."
+            for j in range(1, st.depths[-1] + 1):
+                b = f"{p}block{j}."
+                per = b if st.per_block else p
+                out.append(BlockKeys(
+                    name=f"{p}block{j}", stage=i, index=j,
+                    in_width=self.stage_in_width(i) if j == 1 else p + "width",
+                    width=p + "width", expand=per + "expand", kernel=per + "kernel",
+                    wbits=p + "wbits", abits=p + "abits", depth=p + "depth",
+                    run=(b + "run") if (b + "run") in self._by_key else None,
+                    stride=st.stride if j == 1 else 1,
+                    residual=j > 1 or (self.first_block_residual and self._identity_fits(i, 1)),
+                ))
+        return tuple(out)
+
+    def block(self, name: str) -> BlockKeys:
+        """The block called ``name`` (``stage2.block1``)."""
+        for blk in self.blocks:
+            if blk.name == name:
+                return blk
+        raise KeyError(f"no block {name!r} in space {self.name!r}")
 
     # -- decisions ----------------------------------------------------------------------------
     @property
@@ -246,11 +303,31 @@ def _parse_stem(stem: Any) -> StemSpec:
     )
 
 
+def _parse_head(head: Any) -> int | None:
+    """The optional 1x1 head conv's output channels (before the last stage's classifier)."""
+    if head is None:
+        return None
+    if not isinstance(head, dict):
+        raise SpaceError(f"head: must be a mapping like {{channels: 1504}}, got {head!r}")
+    _check_keys(head, HEAD_FIELDS, "head")
+    return _pos_int(head.get("channels"), "head.channels")
+
+
+def _flag(spec: Mapping[str, Any], field: str, where: str) -> bool:
+    v = spec.get(field, False)
+    if not isinstance(v, bool):
+        raise SpaceError(f"{where}.{field}: must be true or false, got {v!r}")
+    return v
+
+
 def _odd_kernel(k: Any, field: str) -> int:
     k = _pos_int(k, field)
     if k % 2 == 0:
         raise SpaceError(f"{field}: kernel sizes must be odd, got {k}")
     return k
+
+
+_ARCH_TOKEN = re.compile(r"^(r\d+|k\d+|s\d+|e\d+(\.\d+)?|c\d+)$")
 
 
 def _decode_arch(arch: str, where: str) -> dict[str, Any]:
@@ -266,6 +343,11 @@ def _decode_arch(arch: str, where: str) -> dict[str, Any]:
                          f"got {block['block_type']!r} in {arch!r}")
     if block.get("se_layer") is not None or block.get("se_ratio"):
         raise SpaceError(f"{where}.arch: squeeze-excite ('_se…') is not supported yet in {arch!r}")
+    unsupported = [t for t in arch.split("_")[1:] if not _ARCH_TOKEN.match(t)]
+    if unsupported:  # timm knows them (groups, no skip, activation…); the elastic block does not
+        raise SpaceError(f"{where}.arch: option(s) {unsupported} in {arch!r} are not implemented "
+                         "by the elastic block; it reads only r (repeats), k (kernel), s "
+                         "(stride), e (expansion) and c (channels) — remove them")
     return {
         "depth": 1 + len(rest), "kernel": block["dw_kernel_size"], "stride": block["stride"],
         "expand": _plain_number(block["exp_ratio"]), "width": block["out_chs"],
@@ -308,6 +390,8 @@ def _parse_stage(spec: Any, where: str, default_bits: Mapping[str, Any]) -> Stag
         weight_bits=_bits(spec.get("weight_bits", default_bits["weight_bits"]),
                           f"{where}.weight_bits"),
         act_bits=_bits(spec.get("act_bits", default_bits["act_bits"]), f"{where}.act_bits"),
+        per_block=_flag(spec, "per_block", where),
+        skip=_flag(spec, "skip", where),
     )
 
 
@@ -319,9 +403,3 @@ def _parse_exits(exits: Any, num_stages: int) -> tuple[int, ...]:
         if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= num_stages:
             raise SpaceError(f"exits: {e!r} is not a stage; stages are numbered 1..{num_stages}")
     return tuple(sorted(set(exits) | {num_stages}))
-
-
-def stage_decision_keys(stage: int) -> dict[str, str]:
-    """Decision kind → key for one stage (``{'width': 'stage2.width', …}``)."""
-    return {kind: f"stage{stage}.{kind}" for kind in DECISION_KINDS}
-
