@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms.functional import to_pil_image
 
-from nas.data.splits import SplitDataModule
 from nas.data.checks import (
     check_class_coverage,
     check_class_folders,
@@ -33,6 +32,7 @@ from nas.data.checks import (
     check_one_size,
     dataset_labels,
 )
+from nas.data.splits import SplitDataModule
 
 MODES = {1: "L", 3: "RGB"}
 
