@@ -191,8 +191,9 @@ def check_fidelity(space: SearchSpace, table: CostTable, n_samples: int = 50,
     table.check_covers(space)
     target = Target(device or table.meta.target, threads)
     check_clock(clock, target.device, threads)
-    torch.manual_seed(seed)
-    net = SuperNet(space).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+        torch.manual_seed(seed)
+        net = SuperNet(space).eval()
     test_archs = sample_members(space, n_samples, seed)
     n_fit = n_samples if fit_samples is None else fit_samples
     fit_archs = (sample_members(space, n_fit, seed + 1, extremes=False, exclude=set(test_archs))

@@ -77,14 +77,6 @@ def median_spread(times: Sequence[float]) -> tuple[float, float]:
     return median, (q[2] - q[0]) / median
 
 
-def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
-                  clock: str = "wall") -> tuple[float, float]:
-    """Median time of one call in ms and its spread, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    return median_spread([timed_call(fn, device, clock) for _ in range(max(repeats, 1))])
-
-
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, warmup: int,
                      repeats: int, seed: int = 0, progress: bool = False, clock: str = "wall",
                      bursts: Sequence[int] | None = None) -> list[tuple[float, float]]:
@@ -107,18 +99,6 @@ def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, 
             if r >= warmup:
                 times[i].append(t)
     return [median_spread(t) for t in times]
-
-
-def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str | torch.device,
-                   threads: int = 1, warmup: int = 10, repeats: int = 50, clock: str = "wall"
-                   ) -> tuple[float, float]:
-    """Latency of ``module(x)`` for a random input of ``input_shape``: (median ms, spread)."""
-    device = torch.device(device)
-    check_clock(clock, device, threads)
-    module = module.to(device).eval()
-    x = torch.randn(input_shape, device=device)
-    with torch_threads(threads), torch.inference_mode():
-        return time_callable(lambda: module(x), device, warmup, repeats, clock)
 
 
 def measure_networks(modules: Sequence[nn.Module], input_shape: tuple[int, ...],

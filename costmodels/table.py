@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -29,6 +27,7 @@ from costmodels.signature import (
     OpSignature,
     space_fingerprint,
 )
+from supernet.io import write_atomic
 from supernet.space import SearchSpace
 
 FORMAT_VERSION = 2
@@ -244,19 +243,8 @@ class CostTable:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (a temporary file, then a rename), so readers never see half."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+        return write_atomic(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> CostTable:
@@ -303,9 +291,3 @@ class CostTable:
                                  *(repr(self.entries[key][m]) if m in self.entries[key] else ""
                                    for m in metrics)])
         return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

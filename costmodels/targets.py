@@ -96,8 +96,9 @@ class Target:
 
     def layer(self, sig: OpSignature, act: str, seed: int = 0) -> Callable[[], object]:
         """One call of the layer with signature ``sig`` on a fixed random input."""
-        torch.manual_seed(seed)
-        module = op_module(sig, act)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+            torch.manual_seed(seed)
+            module = op_module(sig, act)
         shape = (sig.batch, sig.in_channels, sig.in_size, sig.in_size)
         if self.kind == "onnxruntime":
             return onnx_target.session_call(onnx_target.lower_layer(module, sig), shape,
@@ -152,8 +153,9 @@ class EntryCalls:
                 self.index[shape] = (len(self.calls), 0)
                 self.calls.append(target.layer(shape, act, seed))
                 continue
-            torch.manual_seed(seed)
-            prefix = onnx_target.prefix_module(shape)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                prefix = onnx_target.prefix_module(shape)
             key = onnx_target.prefix_key(shape)
             chain_shape = (shape.batch, onnx_target.PREFIX_CHANNELS, shape.in_size,
                            shape.in_size)
