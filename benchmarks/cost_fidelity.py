@@ -106,8 +106,8 @@ def bit_costs(table_file: str, rounds: int = 100) -> str:
     Fashion-MNIST space, and whole members at several bit-widths, predicted by the table and
     timed as ONNX here (one thread, thread clock, interleaved)."""
     from costmodels import CostTable, table_cost
-    from costmodels.profile import time_interleaved
     from costmodels.targets import Target
+    from costmodels.timing import time_interleaved
     from supernet import ArchConfig, SearchSpace, SuperNet, extract
     from supernet.layers import describe_layers
 

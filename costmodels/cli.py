@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     i = sub.add_parser("import", help="import a cost table measured elsewhere (CSV, or an "
                                       "HW-NAS-Bench-format block table)",
-                       description="CSV columns are documented in CostTable.from_csv; the "
+                       description="CSV columns are documented in costmodels.imports.read_csv; the "
                                    "HW-NAS-Bench format in costmodels.hwnasbench. Duplicate "
                                    "signatures, unknown columns, keys or kinds, wrong units, "
                                    "rows the space never runs and missing signatures are "
@@ -137,7 +137,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from costmodels.imports import fit_to_space
+    from costmodels.imports import fit_to_space, read_csv
     from costmodels.table import CostTable, TableError, TableMeta
 
     if args.hw_nas_bench:
@@ -145,8 +145,8 @@ def _import(args: argparse.Namespace) -> int:
     if not args.target:
         raise TableError("--target: name the hardware the CSV was measured on (e.g. --target "
                          "my-npu)")
-    table = CostTable.from_csv(args.csv, TableMeta(target=args.target, device=args.device,
-                                                   method=f"imported from {args.csv}"))
+    table = read_csv(args.csv, TableMeta(target=args.target, device=args.device,
+                                         method=f"imported from {args.csv}"))
     if args.space:
         space = _space(args.space)
         before = len(table)

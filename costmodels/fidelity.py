@@ -28,10 +28,10 @@ from scipy.stats import kendalltau
 
 from costmodels.expected import table_cost
 from costmodels.predictors import MLPPredictor, RooflineFit, member_features
-from costmodels.profile import check_clock, time_interleaved
 from costmodels.signature import OpSignature
 from costmodels.table import CostTable
 from costmodels.targets import Target
+from costmodels.timing import check_clock, time_interleaved
 from supernet.arch import ArchConfig
 from supernet.extract import extract
 from supernet.layers import describe_layers

@@ -20,6 +20,7 @@ import torch
 
 from costmodels.signature import OpSignature
 from costmodels.table import CostTable, TableError
+from costmodels.timing import time_interleaved
 from supernet.space import SearchSpace
 
 DRIFT = 0.10  # a probe further than ±10% from the table means the table is foreign
@@ -118,7 +119,6 @@ def time_probe(target_name: str, threads: int, clock: str, keys: Sequence[str], 
     A table's build records its probe with this same function right after timing its layers,
     so a later probe compares like with like (few layers in a loop stay hot in cache and run
     faster than among a whole table's)."""
-    from costmodels.profile import time_interleaved
     from costmodels.targets import Target
 
     target = Target(target_name, threads)

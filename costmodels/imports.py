@@ -53,7 +53,16 @@ def check_metric_column(name: str) -> None:
 
 
 def read_csv(path: str | Path, meta: TableMeta) -> CostTable:
-    """A table from a CSV of layer signatures (columns in `CostTable.from_csv`), strictly."""
+    """Import a table measured elsewhere (e.g. by a hardware team), strictly.
+
+    One row per layer signature. Columns: ``kind`` (conv, dwconv or linear),
+    ``in_channels``, ``out_channels``, ``kernel`` (0 for linear), ``stride``, ``in_size``
+    (input height = width, pixels), ``weight_bits``, ``act_bits`` (32 = float), ``batch``,
+    optional ``activation`` (1/0: whether the space's activation follows the conv; when the
+    column is absent, each row prices both), then one column per metric, named with its unit
+    (``latency_ms``, ``energy_mj``, ``weight_bytes``…). Empty metric cells are left out.
+    Duplicate signatures, unknown columns or kinds and wrong units are refused.
+    """
     path = Path(path)
     required = [f for f in SIGNATURE_FIELDS if f != "activation"]
     entries: dict[str, dict[str, float]] = {}

@@ -68,9 +68,7 @@ class MissingSignatureError(LookupError):
 def _cover_advice(meta: TableMeta, space_file: str, batch: int) -> str:
     """A command that gives a table covering the space: build it where hwnas can (this
     machine, an analytic preset), else import a CSV that has the missing rows."""
-    from costmodels.analytic import PRESETS
-
-    if meta.target.split(":")[0] in ("cpu", "cuda", "onnxruntime") or meta.target in PRESETS:
+    if meta.target.split(":")[0] in ("cpu", "cuda", "onnxruntime") or meta.method == "analytic":
         return (f"Build a table that covers the space with `hwnas costs build --space "
                 f"{space_file} --target {meta.target} --batch {batch} --out <table.json>`.")
     if "HW-NAS-Bench" in meta.method:
@@ -256,25 +254,8 @@ class CostTable:
         return cls.from_dict(json.loads(path.read_text()), str(path))
 
     # -- CSV ----------------------------------------------------------------------------------
-    @classmethod
-    def from_csv(cls, path: str | Path, meta: TableMeta) -> CostTable:
-        """Import a table measured elsewhere (e.g. by a hardware team).
-
-        One row per layer signature. Columns: ``kind`` (conv, dwconv or linear),
-        ``in_channels``, ``out_channels``, ``kernel`` (0 for linear), ``stride``, ``in_size``
-        (input height = width, pixels), ``weight_bits``, ``act_bits`` (32 = float), ``batch``,
-        optional ``activation`` (1/0: whether the space's activation follows the conv; when the
-        column is absent, each row prices both), then one column per metric, named with its unit
-        (``latency_ms``, ``energy_mj``, ``weight_bytes``…). Empty metric cells are left out.
-        Duplicate signatures, unknown columns or kinds and wrong units are refused
-        (`costmodels.imports`).
-        """
-        from costmodels.imports import read_csv
-
-        return read_csv(path, meta)
-
     def to_csv(self, path: str | Path) -> Path:
-        """Write the entries as CSV (the columns `from_csv` reads, ``activation`` included)."""
+        """Write the entries as CSV (the columns `costmodels.imports.read_csv` reads, ``activation`` included)."""
         path = Path(path)
         blocks = [k for k in self.entries if is_block_key(k)]
         if blocks:

@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from costmodels import CostTable, TableError, TableMeta
-from costmodels.imports import check_metric_column
+from costmodels.imports import check_metric_column, read_csv
 from nas.cli import main as hwnas
 from tests.costmodels.conftest import TINY
 
@@ -116,7 +116,7 @@ def test_mixed_batches_are_refused(tmp_path, good_csv):
     table = rows(good_csv)
     table[1][table[0].index("batch")] = "8"
     with pytest.raises(TableError, match="mix batch sizes"):
-        CostTable.from_csv(write(tmp_path / "b.csv", table), TableMeta(target="npu"))
+        read_csv(write(tmp_path / "b.csv", table), TableMeta(target="npu"))
 
 
 def test_every_metric_hwnas_writes_is_importable(tiny_table):

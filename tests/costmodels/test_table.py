@@ -4,6 +4,7 @@ import json
 import pytest
 
 from costmodels import CostTable, MissingSignatureError, OpSignature, TableError, TableMeta
+from costmodels.imports import read_csv
 from costmodels.table import FORMAT_VERSION
 from supernet import SearchSpace
 
@@ -20,7 +21,7 @@ def test_json_round_trip(tiny_table, tmp_path):
 def test_csv_round_trip(tiny_table, tmp_path):
     path = tiny_table.to_csv(tmp_path / "t.csv")
     meta = TableMeta(target="edgetpu", method="imported")
-    imported = CostTable.from_csv(path, meta)
+    imported = read_csv(path, meta)
     assert imported.entries == tiny_table.entries
 
 
@@ -31,7 +32,7 @@ def test_csv_without_activation_column_prices_both(tmp_path):
         w.writerow(["kind", "in_channels", "out_channels", "kernel", "stride", "in_size",
                     "weight_bits", "act_bits", "batch", "latency_ms"])
         w.writerow(["conv", 8, 16, 1, 1, 8, 8, 8, 1, 0.25])
-    table = CostTable.from_csv(path, TableMeta(target="npu"))
+    table = read_csv(path, TableMeta(target="npu"))
     sig = OpSignature("conv", 8, 16, 1, 1, 8, 8, 8, 1)
     assert table.lookup(sig, "latency_ms") == 0.25
     assert table.lookup(OpSignature("conv", 8, 16, 1, 1, 8, 8, 8, 1, activation=False),
@@ -42,7 +43,7 @@ def test_csv_missing_column_is_named(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("kind,in_channels,latency_ms\nconv,8,1.0\n")
     with pytest.raises(TableError, match="out_channels"):
-        CostTable.from_csv(path, TableMeta(target="npu"))
+        read_csv(path, TableMeta(target="npu"))
 
 
 def test_missing_signature_names_it_and_the_build_command(tiny_table):
