@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from deploy import BudgetController
-from deploy.adapt import Trace, load_level, offline_pick, run_stream
+from deploy.adapt import (
+    Trace,
+    battery_power,
+    load_level,
+    member_energy,
+    offline_pick,
+    oracle_picks,
+    run_stream,
+)
 
 COSTS = {"m0": 1.0, "m1": 2.0, "m2": 4.0, "m3": 8.0}  # ms at no load
 
@@ -153,6 +161,11 @@ def test_hwnas_run_on_an_exported_family(tiny_search, tmp_path, capsys):
     assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
                  "-1"]) == 1
     assert "deadline_ms: must be > 0" in capsys.readouterr().err
+    # the battery: energies priced by the analytic MCU table, the oracle fits each budget
+    assert main(["run", "--family", str(tmp_path / "family" / "family.pt"), "--deadline-ms",
+                 "50", "--duration-s", "0.3", "--load", "battery", "--policy", "oracle"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "over the energy budget 0.00%" in line
 
 
 def test_a_load_step_is_answered_by_one_jump_and_its_end_by_one_jump_back():
@@ -184,3 +197,104 @@ def test_the_jump_uses_the_reference_costs_given_and_the_margin():
         BudgetController(rt, 10.0, costs={"m0": 1.0})
     with pytest.raises(ValueError, match="margin"):
         BudgetController(rt, 10.0, margin=1.0)
+
+
+class LevelSchedule:
+    """A stand-in for `LoadGenerator`: the load level at a time (s), no processes."""
+
+    def __init__(self, runtime, levels):
+        self.runtime, self.levels = runtime, levels  # [(from_s, level, slowdown)], ascending
+
+    def update(self, t_s):
+        level, slowdown = 0, 1.0
+        for start, lv, factor in self.levels:
+            if t_s >= start:
+                level, slowdown = lv, factor
+        self.runtime.load = slowdown
+        return level
+
+
+def test_oracle_picks_the_most_accurate_member_that_fits_each_level():
+    lat = {0: {"m0": [1.0] * 100, "m1": [2.0] * 100, "m2": [4.0] * 99 + [9.0]},
+           1: {"m0": [3.0] * 100, "m1": [6.0] * 100, "m2": [12.0] * 100},
+           2: {"m0": [6.0] * 90 + [9.0] * 10, "m1": [9.0] * 100, "m2": [20.0] * 100}}
+    acc = {"m0": 0.60, "m1": 0.70, "m2": 0.75}
+    assert oracle_picks(lat, 5.0, acc) == {0: "m2", 1: "m0", 2: "m0"}  # 2: none fits, m0 least
+    assert oracle_picks(lat, 5.0, acc, max_miss=0.0)[0] == "m1"  # m2 misses 1 of 100
+    assert oracle_picks(lat, 5.0, {**acc, "m1": 0.8})[0] == "m1"  # a better cheaper member wins
+
+
+def test_the_oracle_follows_the_load_level_and_the_trace_times_its_recovery():
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    picks = {0: "m2", 1: "m0"}
+    sched = LevelSchedule(rt, [(0.0, 0, 1.0), (0.4, 1, 3.0), (0.8, 0, 1.0)])
+
+    def choose(t_s, level):
+        return picks[level]
+    trace = run_stream(rt, itertools.repeat(torch.zeros(1, 1)), 5.0, clock=clock,
+                       duration_s=1.2, load=sched, choose=choose)
+    by_level = {lv: {s.member for s in trace.steps if s.load == lv} for lv in (0, 1)}
+    assert by_level == {0: {"m2"}, 1: {"m0"}} and not any(s.missed for s in trace.steps)
+    assert trace.recoveries() == [(0.0, 0)]  # it never missed: recovered at once
+
+    ctl_clock = FakeClock()
+    rt2 = FakeRuntime(ctl_clock)
+    rt2.set_member("m2")
+    ctl = BudgetController(rt2, 5.0, margin=0.1)
+    sched2 = LevelSchedule(rt2, [(0.0, 0, 1.0), (0.4, 1, 3.0)])
+    trace2 = run_stream(rt2, itertools.repeat(torch.zeros(1, 1)), 5.0, ctl, clock=ctl_clock,
+                        duration_s=0.8, load=sched2)
+    rise = next(i for i, s in enumerate(trace2.steps) if s.load == 1)
+    assert [s.missed for s in trace2.steps[rise:rise + 4]] == [True, True, False, False]
+    # two 12 ms inferences of m2, then m0 at 3 ms: back under the deadline 24 ms after the rise
+    assert trace2.recoveries() == [(pytest.approx(24.0), 2)]
+    s = trace2.summary()
+    assert s["recovery_ms"] == pytest.approx(24.0) and s["recovery_inferences"] == 2
+    assert "recovery 24 ms (2 inferences)" in trace2.summary_line()
+
+
+def test_under_a_falling_battery_the_controller_steps_down_the_energy_chain():
+    """Inputs every 10 ms; the energy budget per second falls from what m3 needs to what m0
+    needs; energy per inference is each member's cost (mJ). The controller, fed energies,
+    keeps within a switch of the oracle, over budget at most once per switch."""
+    energy = {"m0": 0.1, "m1": 0.2, "m2": 0.4, "m3": 0.8}  # mJ; at 100 Hz: 10…80 mW
+    clock = FakeClock()
+
+    def sleep(s):
+        assert s > 0
+        clock.t += s
+    rt = FakeRuntime(clock)
+    ctl = BudgetController(rt, 1.0, "energy_mj", costs=energy)
+
+    def power(t):
+        return battery_power(t, 2.0, 81.0, 10.5)
+    trace = run_stream(rt, itertools.repeat(torch.zeros(1, 1)), 10.0, ctl, clock=clock,
+                       duration_s=2.0, energy_mj=energy, power_mw=power, sleep=sleep)
+    assert len(trace.steps) == 200  # one per 10 ms period, paced by the fake sleep
+    assert [round(s.t_s, 6) for s in trace.steps[:3]] == [0.0, 0.01, 0.02]
+    assert [e.to_member for e in ctl.events] == ["m2", "m1", "m0"]  # one step each, no chatter
+    for s in trace.steps:
+        assert s.energy_budget_mj == pytest.approx(power(s.t_s) / 100)
+    over = [s for s in trace.steps if s.energy_mj > s.energy_budget_mj]
+    assert len(over) <= len(ctl.events)  # the inference that showed the fall, once per switch
+    assert trace.summary()["energy_over_rate"] == len(over) / 200
+    assert "over the energy budget" in trace.summary_line()
+    with pytest.raises(ValueError, match="energy_mj"):
+        run_stream(rt, [], 10.0, power_mw=power)
+
+
+def test_battery_power_falls_geometrically_and_member_energy_reads_stored_costs():
+    assert battery_power(0.0, 10, 80, 10) == 80
+    assert battery_power(4.5, 10, 80, 10) == pytest.approx((80 * 10) ** 0.5)  # halfway of 90%
+    assert battery_power(9.0, 10, 80, 10) == battery_power(10.0, 10, 80, 10) == pytest.approx(10)
+    assert load_level("battery", 5, 10, 2) == 0  # no CPU load
+    rt = SimpleNamespace(infos={"a": SimpleNamespace(costs={"energy_mj": 0.5}, config=None),
+                                "b": SimpleNamespace(costs={"energy_mj": 2.0}, config=None)})
+    assert member_energy(rt) == {"a": 0.5, "b": 2.0}
+    del rt.infos["b"].costs["energy_mj"]
+    rt.net = SimpleNamespace(space="space")
+    with pytest.raises(ValueError, match="store no energy_mj"):
+        member_energy(rt)
+    assert member_energy(rt, lambda space, configs, target: dict.fromkeys(configs, 1.0)) == {
+        "a": 1.0, "b": 1.0}
