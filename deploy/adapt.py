@@ -287,7 +287,8 @@ def run_policy(runtime: FamilyRuntime, policy: str, deadline_ms: float, inputs: 
         controller = BudgetController(runtime, power(0.0) * deadline_ms / 1e3, "energy_mj",
                                       costs=energy)
     elif policy == "controller":
-        controller = BudgetController(runtime, deadline_ms, costs=offline, margin=margin)
+        controller = BudgetController(runtime, deadline_ms, costs=offline, margin=margin,
+                                      up_window=100, quantile=0.98)
     elif policy == "oracle" and power is not None:
         def choose(t_s: float, level: int) -> str:
             budget = power(t_s) * deadline_ms / 1e3

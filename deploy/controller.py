@@ -31,11 +31,13 @@ class BudgetController:
 
     Down: when the median of the last ``window`` measurements exceeds the budget (one
     preempted inference among them does not count). Up: only after ``up_window`` measurements
-    of the member in use whose ``quantile`` fits ``budget × (1 − margin)``; the factor is then
-    that quantile, so a member whose tail would miss is not chosen. Latency under CPU
-    contention does not scale with cost (a small member fits in a scheduler slice, a larger one
-    spans several), so a move up can fail: one undone within ``hold`` steps doubles the wait
-    before the next (up to ``max_hold``), like TCP's back-off."""
+    of the member in use; the factor is then their median, and the tail above it (the
+    ``quantile`` minus the median: time spent waiting for the CPU, which does not shrink with a
+    member's cost) is added to each prediction, so a member whose tail would miss is not
+    chosen. Latency under CPU contention does not scale with cost (a small member fits in a
+    scheduler slice, a larger one spans several), so a move up can still fail: one undone
+    within ``hold`` steps doubles the wait before the next (up to ``max_hold``), like TCP's
+    back-off."""
 
     def __init__(self, runtime: FamilyRuntime, budget: float, metric: str = "latency_ms",
                  costs: Mapping[str, float] | None = None, margin: float = 0.0,
@@ -65,12 +67,13 @@ class BudgetController:
         self.on_switch = on_switch
         self.events: list[SwitchEvent] = []
 
-    def fits(self, factor: float) -> int:
-        """Chain index of the largest member predicted to fit at load ``factor`` (0 if none)."""
+    def fits(self, factor: float, wait: float = 0.0) -> int:
+        """Chain index of the largest member predicted to fit at load ``factor`` plus a
+        ``wait`` (same unit as the budget) that every member pays (0 if none fits)."""
         limit = self.budget * (1.0 - self.margin)
         best = 0
         for i, cost in enumerate(self.costs):
-            if cost * factor <= limit:
+            if cost * factor + wait <= limit:
                 best = i
         return best
 
@@ -91,9 +94,10 @@ class BudgetController:
                 target = min(index - 1, self.fits(median / self.costs[index]))
         if (target == index and n == self.up_window and index + 1 < len(names)
                 and self.steps >= self.blocked_until):
-            q = sorted(self.recent)[math.ceil(self.quantile * (n - 1))]
+            ordered = sorted(self.recent)
+            q, median = ordered[math.ceil(self.quantile * (n - 1))], ordered[n // 2]
             if q <= self.budget * (1.0 - self.margin):
-                target = max(index, self.fits(q / self.costs[index]))
+                target = max(index, self.fits(median / self.costs[index], q - median))
         if target != index:
             self._switch(index, target, measured)
         return self.runtime.current
