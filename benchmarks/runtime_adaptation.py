@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             trace.to_json(out / f"{scenario}_{policy}.json")
         plot_trace(traces["controller"], out / f"{scenario}_controller.png", runtime.names,
                    f"load {scenario}, deadline {args.deadline_ms} ms, controller: "
-                   f"{traces['controller'].summary_line()}", others={"oracle": traces["oracle"]})
+                   f"{traces['controller'].summary_line()}", others={"oracle": traces["oracle"]},
+                   label="controller")
     lines.append(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))

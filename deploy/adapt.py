@@ -17,6 +17,7 @@ import gzip
 import itertools
 import json
 import math
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -147,8 +148,15 @@ class Trace:
         return line
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"summary": self.summary(),
+        Path(path).write_text(json.dumps({"summary": self.summary(), "duration_s": self.duration_s,
                                           "steps": [asdict(s) for s in self.steps]}))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Trace:
+        """Read back what `to_json` wrote (to plot or compare a run again)."""
+        data = json.loads(Path(path).read_text())
+        return cls([Step(**s) for s in data["steps"]],
+                   data.get("duration_s", data["summary"]["duration_s"]))
 
 
 def run_stream(runtime: FamilyRuntime, inputs: Iterable, deadline_ms: float,
@@ -307,7 +315,7 @@ def run_policy(runtime: FamilyRuntime, policy: str, deadline_ms: float, inputs: 
 
 
 def plot_trace(trace: Trace, path: str | Path, names: list[str], title: str = "",
-               others: Mapping[str, Trace] | None = None) -> None:
+               others: Mapping[str, Trace] | None = None, label: str = "this run") -> None:
     """Latency per inference against the deadline, the member in use (also of ``others``, e.g.
     the oracle's, drawn lighter) and the load or, under a battery, the energy budget."""
     import matplotlib
@@ -325,11 +333,11 @@ def plot_trace(trace: Trace, path: str | Path, names: list[str], title: str = ""
     a.set_ylabel("latency (ms)")
     a.set_yscale("log")
     a.legend(loc="upper right", fontsize=8)
-    a.set_title(title or trace.summary_line(), fontsize=8)
+    a.set_title(textwrap.fill(title or trace.summary_line(), 120), fontsize=8)
     for label, other in (others or {}).items():
         b.step([s.t_s for s in other.steps], [names.index(s.member) for s in other.steps],
                where="post", alpha=0.5, lw=1, label=label)
-    b.step(t, [names.index(s.member) for s in steps], where="post", color="C0", label="this run")
+    b.step(t, [names.index(s.member) for s in steps], where="post", color="C0", label=label)
     b.set_yticks(range(len(names)), names, fontsize=7)
     b.set_ylabel("member")
     if others:

@@ -228,7 +228,7 @@ def test_oracle_picks_the_most_accurate_member_that_fits_each_level():
     assert oracle_picks(lat, 5.0, {**acc, "m1": 0.8})[0] == "m1"  # a better cheaper member wins
 
 
-def test_the_oracle_follows_the_load_level_and_the_trace_times_its_recovery():
+def test_the_oracle_follows_the_load_level_and_the_trace_times_its_recovery(tmp_path):
     clock = FakeClock()
     rt = FakeRuntime(clock)
     picks = {0: "m2", 1: "m0"}
@@ -256,6 +256,11 @@ def test_the_oracle_follows_the_load_level_and_the_trace_times_its_recovery():
     s = trace2.summary()
     assert s["recovery_ms"] == pytest.approx(24.0) and s["recovery_inferences"] == 2
     assert "recovery 24 ms (2 inferences)" in trace2.summary_line()
+    trace2.to_json(tmp_path / "trace.json")
+    again = Trace.from_json(tmp_path / "trace.json")
+    assert [(a.member, a.latency_ms, a.load) for a in again.steps] == [
+        (b.member, b.latency_ms, b.load) for b in trace2.steps]
+    assert again.summary() == pytest.approx(s, nan_ok=True)
 
 
 def test_under_a_falling_battery_the_controller_steps_down_the_energy_chain():
