@@ -54,6 +54,16 @@ def price_energy(space, configs, target):
     return {n: table_cost(space, table, c, "energy_mj") for n, c in configs.items()}
 
 
+def mean_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure averaged over rounds (nan where every round has none); inferences summed."""
+    out = {}
+    for key in summaries[0]:
+        values = [s[key] for s in summaries if not math.isnan(s[key])]
+        out[key] = (sum(values) if key == "inferences" else float(np.mean(values))
+                    ) if values else math.nan
+    return out
+
+
 def fmt(value: float, spec: str, scale: float = 1.0) -> str:
     return "–" if math.isnan(value) else format(scale * value, spec)
 
@@ -67,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--margin", type=float, default=0.1, help="the controller's margin")
     parser.add_argument("--energy-target", default="mcu")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per scenario and policy, "
+                        "the policies' order rotated each round; rows average the rounds")
     parser.add_argument("--level-repeats", type=int, default=150,
                         help="latencies per member and load level for the oracle")
     parser.add_argument("--data-dir", default=str(FASHION_MNIST_DIR))
@@ -102,16 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*head, "", "| scenario | policy | miss rate (%) | accuracy (%) | switches/s | "
              "policy µs/inference: median (mean) | recovery ms (inferences) | over energy budget (%) | "
              "inferences |", "| --- " * 9 + "|"]
+    lines[0] += f"; {args.rounds} round(s) per row, the policies rotated"
     results = {"deadline_ms": args.deadline_ms, "offline_ms": offline, "oracle": picks,
                "energy_mj": energy, "runs": {}}
     for scenario in args.scenarios.split(","):
-        traces = {}
+        runs: dict[str, list] = {p: [] for p in POLICIES}
+        for r in range(args.rounds):
+            for policy in POLICIES[r % len(POLICIES):] + POLICIES[:r % len(POLICIES)]:
+                trace = run_policy(runtime, policy, args.deadline_ms, inputs, args.duration_s,
+                                   scenario, args.load_procs, offline, by_level, energy,
+                                   margin=args.margin)
+                runs[policy].append(trace)
+                trace.to_json(out / f"{scenario}_{policy}_{r}.json")
+        traces = {p: t[0] for p, t in runs.items()}
         for policy in POLICIES:
-            trace = run_policy(runtime, policy, args.deadline_ms, inputs, args.duration_s,
-                               scenario, args.load_procs, offline, by_level, energy,
-                               margin=args.margin)
-            traces[policy] = trace
-            s = trace.summary()
+            s = mean_summary([t.summary() for t in runs[policy]])
             results["runs"][f"{scenario}/{policy}"] = s
             rec = ("–" if math.isnan(s["recovery_ms"]) else
                    f"{s['recovery_ms']:.0f} ({s['recovery_inferences']:.0f})")
@@ -121,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
                    f"{s['inferences']} |")
             lines.append(row)
             print(row, flush=True)
-            trace.to_json(out / f"{scenario}_{policy}.json")
         plot_trace(traces["controller"], out / f"{scenario}_controller.png", runtime.names,
                    f"load {scenario}, deadline {args.deadline_ms} ms, controller: "
                    f"{traces['controller'].summary_line()}", others={"oracle": traces["oracle"]},

@@ -29,12 +29,13 @@ class BudgetController:
     in use. Both moves jump straight to the largest member whose reference × factor fits
     ``budget × (1 − margin)``, so a load step is answered by one switch, not a walk down.
 
-    Down: when the median of the last ``window`` measurements exceeds the budget (one
-    preempted inference among them does not count). Up: only after ``up_window`` measurements
-    of the member in use; the factor is then their median, and the tail above it (the
-    ``quantile`` minus the median: time spent waiting for the CPU, which does not shrink with a
-    member's cost) is added to each prediction, so a member whose tail would miss is not
-    chosen. Latency under CPU contention does not scale with cost (a small member fits in a
+    Fast, down only: when the median of the last ``window`` measurements exceeds the budget
+    (one preempted inference among them does not count). Slow, either way: once ``up_window``
+    measurements of the member in use are in, the factor is their median, and the tail above
+    it (the ``quantile`` minus the median: time spent waiting for the CPU, which does not
+    shrink with a member's cost) is added to each prediction, so a member whose tail misses
+    (its own ``quantile`` over ``budget × (1 − margin)``) is left and one whose tail would
+    miss is not chosen. Latency under CPU contention does not scale with cost (a small member fits in a
     scheduler slice, a larger one spans several), so a move up can still fail: one undone
     within ``hold`` steps doubles the wait before the next (up to ``max_hold``), like TCP's
     back-off."""
@@ -92,12 +93,12 @@ class BudgetController:
             median = last[len(last) // 2]
             if median > self.budget and index > 0:
                 target = min(index - 1, self.fits(median / self.costs[index]))
-        if (target == index and n == self.up_window and index + 1 < len(names)
-                and self.steps >= self.blocked_until):
+        if target == index and n == self.up_window:
             ordered = sorted(self.recent)
             q, median = ordered[math.ceil(self.quantile * (n - 1))], ordered[n // 2]
-            if q <= self.budget * (1.0 - self.margin):
-                target = max(index, self.fits(median / self.costs[index], q - median))
+            target = self.fits(median / self.costs[index], q - median)
+            if target > index and self.steps < self.blocked_until:
+                target = index
         if target != index:
             self._switch(index, target, measured)
         return self.runtime.current

@@ -38,6 +38,7 @@ class FakeRuntime:
         self.names, self.current, self.clock = list(COSTS), "m3", clock
         self.load, self.jitter, self.rng = 1.0, jitter, random.Random(0)
         self.penalty = dict.fromkeys(COSTS, 1.0)  # extra slowdown of one member
+        self.calls, self.wait_every, self.wait_ms = 0, 0, 0.0  # a CPU wait every k-th call
 
     def set_member(self, name):
         self.current = name
@@ -45,6 +46,9 @@ class FakeRuntime:
     def __call__(self, x):
         noise = 1 + self.rng.uniform(-self.jitter, self.jitter)
         self.clock.t += COSTS[self.current] * self.load * noise * self.penalty[self.current] / 1e3
+        self.calls += 1
+        if self.wait_every and self.calls % self.wait_every == 0:
+            self.clock.t += self.wait_ms / 1e3
         return [torch.zeros(1, 3)]
 
 
@@ -307,3 +311,16 @@ def test_battery_power_falls_geometrically_and_member_energy_reads_stored_costs(
         member_energy(rt)
     assert member_energy(rt, lambda space, configs, target: dict.fromkeys(configs, 1.0)) == {
         "a": 1.0, "b": 1.0}
+
+
+def test_a_member_whose_median_fits_but_whose_tail_misses_is_left():
+    """Every 4th inference waits 6 ms for the CPU (whatever the member): m3 (8 ms) has a median
+    under the 10 ms deadline but misses a quarter; once a window is in, the controller predicts
+    each member as its cost plus that 6 ms tail and moves to m1 (2 + 6 ms), which holds."""
+    clock = FakeClock()
+    rt = FakeRuntime(clock)
+    rt.wait_every, rt.wait_ms = 4, 6.0
+    ctl = BudgetController(rt, 10.0, margin=0.1, up_window=40)
+    trace = stream(rt, lambda i: 1.0, 400, 10.0, ctl, clock)
+    assert [(e.step, e.to_member) for e in ctl.events] == [(40, "m1")]  # one slow move, no more
+    assert not any(s.missed for s in trace.steps[40:])
