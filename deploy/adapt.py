@@ -334,9 +334,9 @@ def plot_trace(trace: Trace, path: str | Path, names: list[str], title: str = ""
     a.set_yscale("log")
     a.legend(loc="upper right", fontsize=8)
     a.set_title(textwrap.fill(title or trace.summary_line(), 120), fontsize=8)
-    for label, other in (others or {}).items():
+    for name, other in (others or {}).items():
         b.step([s.t_s for s in other.steps], [names.index(s.member) for s in other.steps],
-               where="post", alpha=0.5, lw=1, label=label)
+               where="post", alpha=0.5, lw=1, label=name)
     b.step(t, [names.index(s.member) for s in steps], where="post", color="C0", label=label)
     b.set_yticks(range(len(names)), names, fontsize=7)
     b.set_ylabel("member")
