@@ -84,7 +84,14 @@ def adapt_command(argv: list[str]) -> int:
     """Stream inputs through a family under a deadline and a load scenario."""
     from deploy.adapt import run_command as run
 
-    return run(argv)
+    def price_energy(space, configs, target):  # mJ per inference from an analytic table
+        from costmodels.analytic import build_analytic_table
+        from costmodels.expected import table_cost
+
+        table = build_analytic_table(space, target)
+        return {n: table_cost(space, table, c, "energy_mj") for n, c in configs.items()}
+
+    return run(argv, price_energy)
 
 
 # name -> Command
