@@ -23,7 +23,7 @@ import torch
 
 from deploy.family_file import EXPORT_FIX, FamilyError, load_tensors
 from deploy.onnx_qdq import ONNX_OPSET, initializer_bytes, lower_member
-from deploy.quant_params import WeightQuant, block_conv_names
+from deploy.quant_params import HEAD_CONV, WeightQuant, block_conv_names, head_conv
 from supernet.arch import ArchConfig
 from supernet.extract import StaticNet, extract
 from supernet.model import SuperNet
@@ -98,8 +98,12 @@ def layer_table(static: StaticNet, weight_quant: Mapping[str, WeightQuant]
         if q is not None:
             row["weight_scale"] = q.scale.tolist()
         rows.append(row)
-    rows += [{"name": f"exit{s}.fc", "kind": "linear", "weight_bits": FLOAT_BITS,
-              "act_bits": FLOAT_BITS} for s in static.exit_stages]
+    for s in static.exit_stages:
+        if head_conv(static.heads[str(s)]) is not None:
+            rows.append({"name": HEAD_CONV, "kind": "conv", "weight_bits": FLOAT_BITS,
+                         "act_bits": FLOAT_BITS})
+        rows.append({"name": f"exit{s}.fc", "kind": "linear", "weight_bits": FLOAT_BITS,
+                     "act_bits": FLOAT_BITS})
     return rows
 
 

@@ -11,7 +11,8 @@ ReLU/ReLU6 before a quantizer is a clip on the quantizer's grid, which is exact.
 4-bit weights are stored as int8 holding values in ±7 (and 4-bit activations as uint8 in
 [120, 135], zero point 128): onnxruntime 1.32 reads INT4 tensors (opset 21) but runs
 convolutions on them in float, not integer kernels.
-32-bit layers, the stem and the exit heads are float.
+32-bit layers, the stem, the head conv and the exit heads are float; a skipped block (an
+``nn.Identity``) lowers to nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deploy.quant_params import LoweringError, WeightQuant, fold_bn
+from deploy.quant_params import HEAD_CONV, LoweringError, WeightQuant, fold_bn, head_conv
 from supernet.extract import StaticNet
 from supernet.quant import FLOAT_BITS, FakeQuantAct
 
@@ -163,6 +164,8 @@ class _Lowering:
 
     # -- the network ---------------------------------------------------------------------------
     def block(self, x: str, blk: nn.Module, prefix: str) -> str:
+        if isinstance(blk, nn.Identity):  # a skipped block: nothing to compute
+            return x
         bounds = _act_bounds(blk.act)
         h = self.quantize(x, blk.quant_in)
         h = self.conv(h, f"{prefix}.conv_pw", blk.conv_pw, blk.bn1, requant=blk.quant_mid,
@@ -173,10 +176,15 @@ class _Lowering:
         return self.g.op("Add", [x, y], "residual") if blk.residual else y
 
     def head(self, x: str, head: nn.Sequential, name: str) -> str:
-        g = self.g
+        """[head conv →] global average pool → fc; the head conv is float, like the stem."""
+        g, pre = self.g, head_conv(head)
+        if pre is not None:
+            conv, bn, act = pre
+            x = self.conv(x, HEAD_CONV, conv, bn, act_bounds=_act_bounds(act))
+        fc = head[-1]
         h = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "flatten", axis=1)
-        return g.op("Gemm", [h, g.const(f"{name}.weight", _np(head.fc.weight)),
-                             g.const(f"{name}.bias", _np(head.fc.bias))], "fc", transB=1)
+        return g.op("Gemm", [h, g.const(f"{name}.weight", _np(fc.weight)),
+                             g.const(f"{name}.bias", _np(fc.bias))], "fc", transB=1)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from supernet.model import SuperNet
 from supernet.quant import FLOAT_BITS, weight_scale
 
 BLOCK_CONVS = ("conv_pw", "conv_dw", "conv_pwl")
+HEAD_CONV = "head"  # the layer name of the optional head conv, as the cost tables name it
 
 
 class LoweringError(ValueError):
@@ -47,10 +48,18 @@ class WeightQuant:
 
 
 def block_conv_names(static: StaticNet) -> list[tuple[str, int, int]]:
-    """``(module name, stage number, block index)`` of every block conv of ``static``."""
+    """``(module name, stage number, block index)`` of every block conv of ``static``; a
+    skipped block (an ``nn.Identity``) has none."""
     return [(f"stages.{i - 1}.{j}.{conv}", i, j)
-            for i, stage in enumerate(static.stages, 1) for j in range(len(stage))
+            for i, stage in enumerate(static.stages, 1)
+            for j, block in enumerate(stage) if not isinstance(block, nn.Identity)
             for conv in BLOCK_CONVS]
+
+
+def head_conv(head: nn.Sequential) -> nn.Sequential | None:
+    """The ``(conv, bn, act)`` an exit head starts with when the space has a head conv (the
+    last exit's: head conv → pool → flatten → fc), else None (pool → flatten → fc)."""
+    return head[0] if isinstance(head[0], nn.Sequential) else None
 
 
 @torch.no_grad()
