@@ -1,5 +1,5 @@
-"""The search's own callbacks: the latest checkpoint, α's history (JSON and a plot) and the
-run's final result (JSON)."""
+"""The search's own callbacks: the latest checkpoint, α's history (JSON and a plot), the final
+report (one line and the W&B summary) and the run's final result (JSON)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as L
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from nas.search import SupernetSearch
+from nas.search import SupernetSearch, result_line
 from supernet.io import write_atomic
 
 
@@ -80,6 +80,42 @@ class AlphaHistory(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="alpha", images=[str(png)])
+
+
+class LearningRates(LearningRateMonitor):
+    """Lightning's `LearningRateMonitor`, idle (not an error) in a run without a logger, so the
+    search can keep it on by default. Its per-epoch record is taken at the epoch's first batch:
+    callbacks' epoch-start hooks run before the module's, which sets the epoch's rate."""
+
+    def on_train_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        pass  # see on_train_batch_start
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        if not trainer.loggers:
+            return
+        if batch_idx == 0:
+            super().on_train_epoch_start(trainer, module)
+        super().on_train_batch_start(trainer, module, batch, batch_idx)
+
+
+class FinalReport(L.Callback):
+    """At fit end: the one line a person reads first (what ships against what was asked, its
+    validation accuracy, the checkpoint) on stdout, and the same figures in the W&B summary."""
+
+    def on_fit_end(self, trainer: L.Trainer, module: SupernetSearch) -> None:
+        if not trainer.is_global_zero:
+            return
+        shipped = module.shipped()
+        summary = module.final_summary(shipped)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(summary)
+        print(result_line(module.shipping_budgets(), shipped, summary.get("final/val_acc"),
+                          module.latest_checkpoint()))
 
 
 class RunResult(L.Callback):

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import WandbLogger
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -100,6 +99,8 @@ class SupernetSearch(L.LightningModule):
         n_exits = len(self.search_space.exit_stages)
         self.val_acc = torch.nn.ModuleList(
             MulticlassAccuracy(self.search_space.num_classes) for _ in range(n_exits))
+        self.val_acc_last = MulticlassAccuracy(self.search_space.num_classes)
+        self.test_acc = MulticlassAccuracy(self.search_space.num_classes)
         for name in ("tau_start", "tau_end", "cost_tau_end"):
             if not self.hparams[name] > 0:
                 raise ValueError(
@@ -304,19 +305,16 @@ class SupernetSearch(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.net(x, self.val_arch)
-        for acc, z in zip(self.val_acc, logits, strict=False):
-            acc.update(z, y)
+        exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
+        for s, acc, z in zip(exits, self.val_acc, logits, strict=False):
+            acc.update(z, y)  # logged as a metric: Lightning computes, syncs and resets it
+            self.log(f"val/acc_exit{s}", acc)
+        self.val_acc_last.update(logits[-1], y)  # its own metric: the last exit moves with α
+        self.log("val/acc", self.val_acc_last)
+        self.log("acc", self.val_acc_last, prog_bar=True, logger=False)
         self.log("val/loss", self.task_loss(logits, y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
-        for s, acc in zip(exits, self.val_acc, strict=False):
-            self.log(f"val/acc_exit{s}", acc.compute())
-        acc = self.val_acc[len(exits) - 1].compute()
-        self.log("val/acc", acc)
-        self.log("acc", acc, prog_bar=True, logger=False)
-        for acc in self.val_acc:
-            acc.reset()
         for m, e in self.expected.items():
             self.log(f"arch/shipped_{m}", e.concrete(self.val_arch))
         for key, h in self.arch.entropy().items():
@@ -352,17 +350,6 @@ class SupernetSearch(L.LightningModule):
             summary["final/val_acc"] = float(acc)
         return summary
 
-    def on_fit_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        shipped = self.shipped()
-        summary = self.final_summary(shipped)
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(summary)
-        print(result_line(self.shipping_budgets(), shipped, summary.get("final/val_acc"),
-                          self.latest_checkpoint()))
-
     def latest_checkpoint(self) -> str | None:
         """The newest checkpoint file any checkpoint callback wrote (the one to resume from)."""
         paths = [Path(p) for c in self.trainer.checkpoint_callbacks
@@ -372,8 +359,8 @@ class SupernetSearch(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.net(x, self.arch.argmax())
-        self.log("test/acc", (logits[-1].argmax(-1) == y).float().mean())
+        self.test_acc.update(self.net(x, self.shipped())[-1], y)  # the member that ships
+        self.log("test/acc", self.test_acc)
 
     # -- optimizers and checkpoints -------------------------------------------------------------
     def configure_optimizers(self):
@@ -382,16 +369,21 @@ class SupernetSearch(L.LightningModule):
                                     weight_decay=hp.weight_decay, momentum=0.9)
         a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=hp.arch_weight_decay)
-        # stepped by epoch number, so a resumed run needs no scheduler state; one epoch (or an
-        # open-ended run) keeps the learning rate constant
+        # timm's cosine, stepped by epoch number; one epoch (or an open-ended run) keeps the
+        # learning rate constant. Manual optimization: Lightning checkpoints the scheduler and
+        # LearningRateMonitor logs it, but the step is ours (`on_train_epoch_start`)
         epochs = self.trainer.max_epochs or 0
-        self.weight_schedule = CosineLRScheduler(w_opt, t_initial=epochs) if epochs > 1 else None
-        return [w_opt, a_opt]
+        if epochs <= 1:
+            return [w_opt, a_opt]
+        return [w_opt, a_opt], [CosineLRScheduler(w_opt, t_initial=epochs)]
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step(epoch=self.current_epoch)  # timm's take the epoch number
 
     def on_train_epoch_start(self) -> None:
-        if self.weight_schedule is not None:
-            self.weight_schedule.step(self.current_epoch)
-        self.log("train/weight_lr", self.optimizers()[0].param_groups[0]["lr"])
+        schedulers = self.lr_schedulers()  # set by epoch number: a resumed run starts right
+        if schedulers is not None:
+            self.lr_scheduler_step(schedulers, None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hwnas"] = {

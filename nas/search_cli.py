@@ -16,7 +16,7 @@ from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from nas.callbacks import AlphaHistory, LatestCheckpoint, RunResult
+from nas.callbacks import AlphaHistory, FinalReport, LatestCheckpoint, LearningRates, RunResult
 from nas.checkpoint_io import read_search_checkpoint
 from nas.data.splits import SplitDataModule
 from nas.search import SupernetSearch
@@ -66,6 +66,8 @@ class SearchCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RunResult, "run_result")
+        parser.add_lightning_class_args(FinalReport, "final_report")
+        parser.add_lightning_class_args(LearningRates, "lr_monitor")
         parser.add_argument("--allow-foreign-table", type=bool, default=False,
                             help="search with a measured table even if it describes another "
                                  "machine or drifts beyond ±10%% here")

@@ -168,3 +168,28 @@ def test_a_search_refuses_a_table_measured_on_another_machine(tmp_path, capsys):
                           "hwnas costs build", "--allow-foreign-table")
     assert line.startswith("hwnas search: error: cost table")
     assert main(argv + ["--model.budget.fraction=0.6", "--allow-foreign-table=true"]) == 0
+
+
+def test_a_search_ends_with_its_result_line_and_logs_lr_and_accuracy(tiny_table, tmp_path,
+                                                                        capsys):
+    """The last line says what ships against what was asked; the learning rate (through
+    Lightning's monitor, the cosine schedule checkpointed) and the validation accuracy (a
+    torchmetrics object, reset each epoch) reach the logger."""
+    import csv
+
+    import torch
+
+    argv = [a for a in search_args(tiny_table, tmp_path) if "logger" not in a and "max_ep" not in a]
+    argv += ["--trainer.max_epochs=2", "--trainer.logger=CSVLogger",
+             f"--trainer.logger.save_dir={tmp_path}"]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("shipped member meets its budget: latency_ms "), last
+    assert "val acc 0." in last and f"checkpoint {tmp_path}" in last
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    lrs = [float(r["lr-SGD/pg1"]) for r in rows if r.get("lr-SGD/pg1")]  # timm: 2 groups
+    assert len(set(lrs)) == 2  # the cosine moved the rate between the two epochs
+    accs = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert len(ckpt["lr_schedulers"]) == 1
