@@ -99,7 +99,8 @@ class InterleavedSteps(L.Callback):
 
     ``kinds`` are the fused-quantizer kernels compared ("eager", and "compiled" in the full
     mode), one per round in turn, for the search step and the relaxed step alike. The warm-up
-    rounds run each side in both memory formats; the timed rounds use each side's faster one.
+    rounds run each side (the search step too, `--model.channels_last`) in both memory
+    formats; the timed rounds use each side's faster one.
     """
 
     def __init__(self, device: torch.device, warmup: int, profile_batch: int,
@@ -164,6 +165,12 @@ class InterleavedSteps(L.Callback):
         compiled = self.kind(batch_idx) == "compiled"
         use_compiled_kernels(compiled)  # the relaxed copy's steps
         module.hparams.compile = compiled  # the search's own steps (`--model.compile`)
+        key = "search" + self.suffix(batch_idx)
+        if batch_idx < self.warmup:
+            self.search_format = list(FORMATS)[(batch_idx // len(self.kinds)) % 2]
+        else:
+            self.search_format = self.format.get(key, "channels_last")
+        set_search_format(module, self.search_format)
         self.clock = Clock()
         if batch_idx == self.profile_batch:
             self.memory["search"] = PeakMemory(self.device).__enter__()
@@ -231,6 +238,21 @@ class InterleavedSteps(L.Callback):
             self.choose_formats()
         if self.warmup <= batch_idx < self.profile_batch:
             self.times.setdefault("search" + suffix, []).append(self.clock.laps_ms[0])
+        elif len(self.kinds) <= batch_idx < self.warmup:
+            self.trial.setdefault("search" + suffix, {}).setdefault(
+                self.search_format, []).append(self.clock.laps_ms[0])
+
+
+def set_search_format(module, fmt: str) -> None:
+    """Switch the search module's memory format between steps: its network, and its
+    optimizers' state, whose layout fused steps expect to match the parameters'."""
+    module.hparams.channels_last = fmt == "channels_last"
+    module.net.to(memory_format=FORMATS[fmt])
+    for opt in module.trainer.optimizers:
+        for p, state in opt.state.items():
+            for k, v in list(state.items()):
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    state[k] = torch.empty_like(p).copy_(v)
 
 
 def ratio_stats(num: list[float], den: list[float]) -> dict[str, float]:
@@ -286,6 +308,8 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
         "median_ms": {k: statistics.median(v) for k, v in t.items()},
         "times_ms": t, "ratios": ratios, "relaxed_over_plain": ratios["relaxed"],
         "search_over_plain": ratios["search"], "ops": ops, "memory_formats": timer.format,
+        "format_trials_ms": {k: {f: statistics.median(v) for f, v in trials.items()}
+                             for k, trials in timer.trial.items()},
         "memory": mem, "goal_relaxed_over_plain": 1.1, "goal_ops_ratio": 2.0,
         "goal_search_over_plain": 3.0,
         "goal_met": min(r["median"] for k, r in ratios.items() if k.startswith("relaxed")) <= 1.1,

@@ -81,6 +81,7 @@ class SupernetSearch(L.LightningModule):
         max_bad_steps: int = 10,
         seed: int = 0,
         compile: bool = False,
+        channels_last: bool = True,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -169,10 +170,15 @@ class SupernetSearch(L.LightningModule):
                 batch_idx + 1 >= self.trainer.num_training_batches:
             self.check_bad_steps()
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The network's and the batches' layout (``channels_last`` measured faster on CPU)."""
+        return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         # the fused quantizers as compiled kernels: a minute to build once, then faster
         with kernels(compiled=self.hparams.compile):
-            self._weights_step(opt, x, y, gen)
+            self._weights_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
 
     def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
                       ) -> None:
@@ -204,7 +210,7 @@ class SupernetSearch(L.LightningModule):
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         with kernels(compiled=self.hparams.compile):
-            self._arch_step(opt, x, y, gen)
+            self._arch_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
 
     def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
@@ -359,7 +365,7 @@ class SupernetSearch(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.net(x, self.val_arch)
+        logits = self.net(x.contiguous(memory_format=self.memory_format), self.val_arch)
         for acc, z in zip(self.val_acc, logits, strict=False):
             acc.update(z, y)
         self.log("val/loss", self.task_loss(logits, y), sync_dist=True)
@@ -453,14 +459,24 @@ class SupernetSearch(L.LightningModule):
         plugin = self.trainer.precision_plugin if self._trainer is not None else None
         return getattr(plugin, "scaler", None) is None
 
+    def on_fit_start(self) -> None:
+        self.net.to(memory_format=self.memory_format)
+
     def on_train_start(self) -> None:
-        # a fused SGD whose first step is skipped would keep an uninitialised momentum buffer;
-        # a zero one gives the same first step (buffer = gradient, without dampening)
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
-                if group.get("fused") and group.get("momentum") and not group.get("dampening"):
-                    for p in group["params"]:
-                        opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                # a fused SGD whose first step is skipped would keep an uninitialised momentum
+                # buffer; a zero one gives the same first step (buffer = gradient, no dampening)
+                zero = group.get("fused") and group.get("momentum") and not group.get("dampening")
+                for p in group["params"]:
+                    state = opt.state[p]
+                    if zero:
+                        state.setdefault("momentum_buffer", torch.zeros_like(p))
+                    # fused steps read a parameter, its gradient and its state as one layout:
+                    # state restored from a run in the other memory format takes the parameter's
+                    for key, v in state.items():
+                        if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                            state[key] = torch.empty_like(p).copy_(v)
 
     def on_train_epoch_start(self) -> None:
         if self.weight_schedule is not None:

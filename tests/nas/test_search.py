@@ -120,7 +120,7 @@ def non_default_arguments(table: str) -> dict:
         relaxation="softmax", tau_start=4.0, tau_end=0.25, cost_tau_end=0.2, warmup_epochs=0,
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
-        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True)
+        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False)
 
 
 def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):
@@ -295,3 +295,42 @@ def test_draws_follow_the_probabilities(tiny_space):
     for c, p in zip(choices, expected, strict=True):
         assert abs(counts[c] / 2000 - p) < 0.04, (counts, expected)
     assert counts[choices[1]] == 0  # a choice of probability 0 is never drawn
+
+
+class Layouts(L.Callback):
+    """Before each optimizer step: parameters whose gradient or state has another layout."""
+
+    def __init__(self):
+        self.mismatched, self.steps = [], 0
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.steps += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                tensors = [p.grad, *optimizer.state[p].values()]
+                self.mismatched += [t.stride() for t in tensors if torch.is_tensor(t)
+                                    and t.shape == p.shape and strides(t) != strides(p)]
+
+
+def strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides that matter: a dimension of size 1 may have any."""
+    return tuple(s for s, n in zip(t.stride(), t.shape, strict=True) if n > 1)
+
+
+def test_channels_last_trains_the_same_network(tiny_table, tmp_path):
+    """The layout changes the speed, not the training. Fused steps read a parameter, its
+    gradient and its momentum as one layout (torch does not check), so they must agree."""
+    runs, layouts = {}, Layouts()
+    for channels_last in (True, False):
+        L.seed_everything(0)
+        runs[channels_last] = make_search(tiny_table, channels_last=channels_last)
+        fit(runs[channels_last], tmp_path / str(channels_last), epochs=1,
+            limit_train_batches=3, limit_val_batches=1,
+            extra_callbacks=[layouts] if channels_last else [])
+    convs = [p for p in runs[True].net.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert layouts.steps == 6 and layouts.mismatched == []
+    # the same training up to rounding (a fake quantizer's rounding may flip on a last bit)
+    first, second = (runs[k].state_dict() for k in (True, False))
+    for key, value in first.items():
+        assert torch.allclose(value.float(), second[key].float(), rtol=1e-2, atol=2e-3), key
