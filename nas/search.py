@@ -6,6 +6,10 @@ Each training step is two optimizer steps (manual optimization):
    distilled in place from the largest, so members sampled later work without retraining;
 2. α, on a held-out ``search`` batch — the exit-weighted task loss plus the budget penalties
    on E[cost]; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
+Two options cut passes: ``alpha_trains_weights`` lets the α pass (2) train the weights too, in
+place of the weights' own relaxed pass (one relaxed pass per step, one backward; the weights
+then also see the search batches), and ``sandwich_start`` trains the largest member alone
+(with the relaxed pass) until that share of the run is done, as DεpS does.
 Two temperatures anneal exponentially over the α phase, batch by batch: ``tau`` of the
 relaxed samples (``tau_start`` → ``tau_end``) and ``cost_tau`` of the distribution the budget
 prices, softmax(α/cost_tau) (1 → ``cost_tau_end``). The latter moves the budgeted cost from
@@ -82,6 +86,8 @@ class SupernetSearch(L.LightningModule):
         seed: int = 0,
         compile: bool = False,
         channels_last: bool = True,
+        alpha_trains_weights: bool = False,
+        sandwich_start: float = 0.0,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -111,7 +117,10 @@ class SupernetSearch(L.LightningModule):
             if not self.hparams[name] > 0:
                 raise ValueError(
                     f"{name}: temperatures must be positive, got {self.hparams[name]}")
+        if not 0 <= sandwich_start < 1:
+            raise ValueError(f"sandwich_start: a share of the run in [0, 1), got {sandwich_start}")
         self.progress = 0.0  # share of the α phase done, set by `anneal`
+        self.sandwich = True  # whether this step trains the smallest and random members
         # NaN/Inf bookkeeping kept on the device, read by the host every `HOST_CHECK_EVERY`
         # batches: steps skipped in a row, the longest such run since the last read (weights,
         # α) and all skipped steps
@@ -163,8 +172,11 @@ class SupernetSearch(L.LightningModule):
         self.anneal(batch_idx)
         w_opt, a_opt = self.optimizers()
         gen = self.generator(batch_idx)
-        self.weights_step(w_opt, *batch["train"], gen)
-        if not self.arch_frozen:
+        joint = self.hparams.alpha_trains_weights and not self.arch_frozen
+        self.sandwich = self.share_done(batch_idx) >= self.hparams.sandwich_start
+        self.weights_step(w_opt, *batch["train"], gen,
+                          alpha=(a_opt, *batch["search"]) if joint else None)
+        if not self.arch_frozen and not joint:
             self.arch_step(a_opt, *batch["search"], gen)
         if (batch_idx + 1) % self.HOST_CHECK_EVERY == 0 or \
                 batch_idx + 1 >= self.trainer.num_training_batches:
@@ -175,38 +187,65 @@ class SupernetSearch(L.LightningModule):
         """The network's and the batches' layout (``channels_last`` measured faster on CPU)."""
         return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
 
-    def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+    def share_done(self, batch_idx: int) -> float:
+        """Share of the run's batches done before this one (0 for an open-ended run)."""
+        per_epoch = max(int(self.trainer.num_training_batches), 1)
+        total = self.trainer.estimated_stepping_batches
+        done = self.current_epoch * per_epoch + batch_idx
+        return done / total if total not in (0, float("inf")) else 0.0
+
+    def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                     alpha: tuple | None = None) -> None:
         # the fused quantizers as compiled kernels: a minute to build once, then faster
         with kernels(compiled=self.hparams.compile):
-            self._weights_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
+            self._weights_step(opt, x.contiguous(memory_format=self.memory_format), y, gen,
+                               alpha)
 
-    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-                      ) -> None:
-        self.toggle_optimizer(opt)
+    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                      alpha: tuple | None = None) -> None:
+        """The weights' step; with ``alpha`` (α's optimizer and a search batch) the α pass
+        joins it and trains the weights too, in place of the weights' own relaxed pass."""
+        if alpha is None:
+            self.toggle_optimizer(opt)
         opt.zero_grad()
-        relaxed = {k: p.detach() for k, p in
-                   self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+        losses = {}
+        if alpha is None:
+            relaxed = {k: p.detach() for k, p in
+                       self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+            losses["relaxed"] = self.task_loss(self.net(x, relaxed), y)
+        # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
-            self.arch.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)]
-        # one backward for the whole sandwich: every weight gets its gradient from one pass,
-        # so DDP reduces once and needs no search for unused parameters
-        losses = {"relaxed": self.task_loss(self.net(x, relaxed), y)}
+            self.arch.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)
+        ] if self.sandwich else []
+        # one backward for the whole step: every weight gets its gradient from one pass
+        # (a relaxed one reaches them all), so DDP reduces once, finding no unused parameter
         largest = self.net(x, self.search_space.largest())
         teacher = F.softmax(largest[-1].detach(), -1)
         losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
             losses[f"member{i}"] = self.distill_loss(self.net(x, member), teacher)
         total = sum(losses.values())
+        if alpha is not None:
+            alpha[0].zero_grad()
+            arch_loss, task, costs = self.arch_loss(*alpha[1:], gen)
+            total = total + arch_loss
+            losses["relaxed"] = task
         finite = self.finite(total)
         self.manual_backward(total)
         self.clip_norm(opt)
         self.step_if(opt, finite)
         self.count_skips(finite, "weights")
+        if alpha is not None:
+            self.all_reduce_alpha_grads()
+            self.step_if(alpha[0], finite)
+            self.after_arch_step(costs, finite, task)
         self.log("train/loss_relaxed", losses["relaxed"].detach())
         self.log("loss", losses["relaxed"].detach(), prog_bar=True, logger=False)
         self.log("train/loss_largest", losses["largest"].detach())
-        self.log("train/loss_smallest", losses["member0"].detach())
-        self.untoggle_optimizer(opt)
+        if "member0" in losses:
+            self.log("train/loss_smallest", losses["member0"].detach())
+        if alpha is None:
+            self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         with kernels(compiled=self.hparams.compile):
@@ -215,6 +254,19 @@ class SupernetSearch(L.LightningModule):
     def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
+        loss, task, costs = self.arch_loss(x, y, gen)
+        finite = self.finite(loss)
+        # α is outside DDP (see `setup`): its few gradients are averaged here, once
+        with self.no_backward_sync():
+            self.manual_backward(loss)
+        self.all_reduce_alpha_grads()
+        self.step_if(opt, finite)
+        self.after_arch_step(costs, finite, task)
+        self.untoggle_optimizer(opt)
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[BudgetLoss, torch.Tensor]]]:
+        """α's loss on a relaxed pass: (loss, its task part, each budget's E[cost])."""
         probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
         logits = self.net(x, probs)
         # E over the exit decision: the deepest exit is the network's answer
@@ -230,19 +282,16 @@ class SupernetSearch(L.LightningModule):
             cost, ratio = b.ratio(belief)
             loss = loss + b.penalty(task, ratio)
             costs.append((b, cost))
-        finite = self.finite(loss)
-        # α is outside DDP (see `setup`): its few gradients are averaged here, once
-        with self.no_backward_sync():
-            self.manual_backward(loss)
-        self.all_reduce_alpha_grads()
-        self.step_if(opt, finite)
+        return loss, task, costs
+
+    def after_arch_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]],
+                        finite: torch.Tensor, task: torch.Tensor) -> None:
         self.dual_step(costs, finite)
         self.draws.push()
         self.count_skips(finite, "arch")
         self.log("arch/loss_task", task.detach())
         self.log("arch/tau", self.tau)
         self.log("arch/cost_tau", self.cost_tau)
-        self.untoggle_optimizer(opt)
 
     def dual_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]],
                   finite: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ from nas.budget import BudgetSpec
 from nas.callbacks import AlphaHistory
 from nas.data import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
+from supernet import ArchConfig
 from tests.conftest import TINY
 
 
@@ -120,7 +121,8 @@ def non_default_arguments(table: str) -> dict:
         relaxation="softmax", tau_start=4.0, tau_end=0.25, cost_tau_end=0.2, warmup_epochs=0,
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
-        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False)
+        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False,
+        alpha_trains_weights=True, sandwich_start=0.5)
 
 
 def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):
@@ -334,3 +336,53 @@ def test_channels_last_trains_the_same_network(tiny_table, tmp_path):
     first, second = (runs[k].state_dict() for k in (True, False))
     for key, value in first.items():
         assert torch.allclose(value.float(), second[key].float(), rtol=1e-2, atol=2e-3), key
+
+
+class CountPasses(L.Callback):
+    """Per training batch, the network's passes: relaxed ones and concrete members."""
+
+    def __init__(self):
+        self.passes = []
+
+    def on_train_start(self, trainer, module):
+        forward = module.net.forward
+
+        def counted(x, arch):
+            self.passes[-1].append("member" if isinstance(arch, ArchConfig) else "relaxed")
+            return forward(x, arch)
+
+        module.net.forward = counted
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.passes.append([])
+
+
+SANDWICH = ["member"] * 4  # largest, smallest and two random members
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({}, [["relaxed", *SANDWICH, "relaxed"]] * 4),
+    ({"alpha_trains_weights": True}, [[*SANDWICH, "relaxed"]] * 4),
+    ({"sandwich_start": 0.5}, [["relaxed", "member", "relaxed"]] * 2
+     + [["relaxed", *SANDWICH, "relaxed"]] * 2),
+    ({"alpha_trains_weights": True, "warmup_epochs": 1},  # α frozen: weights' own relaxed pass
+     [["relaxed", *SANDWICH]] * 2 + [[*SANDWICH, "relaxed"]] * 2),
+])
+def test_the_schedule_options_cut_passes_and_still_train_both(tiny_table, tmp_path, options,
+                                                              expected):
+    count = CountPasses()
+    module = make_search(tiny_table, sandwich_random=2, **options)
+    epochs = 2 if options.get("warmup_epochs") else 1
+    fit(module, tmp_path, epochs=epochs, limit_train_batches=4 // epochs, limit_val_batches=0,
+        extra_callbacks=[count])
+    assert count.passes == expected
+    trained = SupernetSearch(space=TINY, cost_table=tiny_table).state_dict()
+    after = module.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in trained.items() if k.startswith("net."))
+    assert module.arch.logits("stage1.width").abs().sum() > 0
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+def test_sandwich_start_must_be_a_share_of_the_run(tiny_table):
+    with pytest.raises(ValueError, match="sandwich_start: a share of the run in"):
+        make_search(tiny_table, sandwich_start=1.0)
