@@ -91,11 +91,14 @@ class BudgetLoss(nn.Module):
         return task_loss * (factor - 1)  # task + this = CE·α·log(E)^β
 
     @torch.no_grad()
-    def dual_update(self, ratio: torch.Tensor) -> None:
-        """Dual ascent on λ (Lagrangian only); pass the ratio all-reduced over ranks."""
+    def dual_update(self, ratio: torch.Tensor, apply: torch.Tensor | None = None) -> None:
+        """Dual ascent on λ (Lagrangian only); pass the ratio all-reduced over ranks. With
+        ``apply`` (a bool tensor) λ moves only where it is True — decided on the device, so a
+        step never waits for the host."""
         if self.spec.loss == "lagrangian":
-            lam = self.lam + self.spec.dual_lr * (float(ratio) - 1)
-            self.lam.copy_(lam if self.spec.equality else lam.clamp_min(0.0))
+            lam = self.lam + self.spec.dual_lr * (torch.as_tensor(ratio).to(self.lam) - 1)
+            lam = lam if self.spec.equality else lam.clamp_min(0.0)
+            self.lam.copy_(lam if apply is None else torch.where(apply, lam, self.lam))
 
 
 def cheapest_config(space: SearchSpace, cost) -> ArchConfig:

@@ -6,6 +6,10 @@ Each training step is two optimizer steps (manual optimization):
    distilled in place from the largest, so members sampled later work without retraining;
 2. α, on a held-out ``search`` batch — the exit-weighted task loss plus the budget penalties
    on E[cost]; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
+Two options cut passes: ``alpha_trains_weights`` lets the α pass (2) train the weights too, in
+place of the weights' own relaxed pass (one relaxed pass per step, one backward; the weights
+then also see the search batches), and ``sandwich_start`` trains the largest member alone
+(with the relaxed pass) until that share of the run is done, as DεpS does.
 Two temperatures anneal exponentially over the α phase, batch by batch: ``tau`` of the
 relaxed samples (``tau_start`` → ``tau_end``) and ``cost_tau`` of the distribution the budget
 prices, softmax(α/cost_tau) (1 → ``cost_tau_end``). The latter moves the budgeted cost from
@@ -14,12 +18,16 @@ only the average. ``arch_entropy`` weighs α's entropy in the α loss, ramped up
 same phase: it settles undecided choices, whose argmax would otherwise flip at random. All
 three follow from (epoch, batch), so a resumed run anneals identically.
 Random draws come from a generator seeded by (seed, epoch, batch), so every rank draws alike.
+No step waits for the host: the random members are drawn on the host from softmax(α) as it
+was two α steps before (`LaggedProbs`), a NaN/Inf step is skipped on the device (fused
+optimizers' ``found_inf``), the multipliers move on the device and the logs stay tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -28,13 +36,13 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
 from costmodels import CostTable, ExpectedCost
-from nas.arch_params import ArchParameters, Relaxation
+from nas.arch_params import ArchParameters, LaggedProbs, Relaxation
 from nas.budget import BudgetLoss, BudgetSpec
 from nas.checkpoint_io import check_search_checkpoint, read_search_checkpoint
 from nas.shipping import Budget, describe, ship, within
@@ -50,6 +58,8 @@ CKPT_FIX = ("pass the .ckpt written by `hwnas search fit` "
 
 class SupernetSearch(L.LightningModule):
     """Searches ``space`` under the budgets, with costs from the table at ``cost_table``."""
+
+    HOST_CHECK_EVERY = 10  # batches between the host's reads of the NaN/Inf counters
 
     def __init__(
         self,
@@ -74,6 +84,9 @@ class SupernetSearch(L.LightningModule):
         max_bad_steps: int = 10,
         seed: int = 0,
         compile: bool = False,
+        channels_last: bool = True,
+        alpha_trains_weights: bool = False,
+        sandwich_start: float = 0.0,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -105,8 +118,17 @@ class SupernetSearch(L.LightningModule):
             if not self.hparams[name] > 0:
                 raise ValueError(
                     f"{name}: temperatures must be positive, got {self.hparams[name]}")
+        if not 0 <= sandwich_start < 1:
+            raise ValueError(f"sandwich_start: a share of the run in [0, 1), got {sandwich_start}")
         self.progress = 0.0  # share of the α phase done, set by `anneal`
-        self.bad_steps = 0
+        self.sandwich = True  # whether this step trains the smallest and random members
+        # NaN/Inf bookkeeping kept on the device, read by the host every `HOST_CHECK_EVERY`
+        # batches: steps skipped in a row, the longest such run since the last read (weights,
+        # α) and all skipped steps
+        self.register_buffer("streak", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("worst", torch.zeros(2, dtype=torch.long), persistent=False)
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
+        self.draws = LaggedProbs(self.arch)  # what the sandwich's random members are drawn from
 
     # -- helpers ------------------------------------------------------------------------------
     def generator(self, batch_idx: int) -> torch.Generator:
@@ -151,50 +173,101 @@ class SupernetSearch(L.LightningModule):
         self.anneal(batch_idx)
         w_opt, a_opt = self.optimizers()
         gen = self.generator(batch_idx)
-        self.weights_step(w_opt, *batch["train"], gen)
-        if not self.arch_frozen:
+        joint = self.hparams.alpha_trains_weights and not self.arch_frozen
+        self.sandwich = self.share_done(batch_idx) >= self.hparams.sandwich_start
+        self.weights_step(w_opt, *batch["train"], gen,
+                          alpha=(a_opt, *batch["search"]) if joint else None)
+        if not self.arch_frozen and not joint:
             self.arch_step(a_opt, *batch["search"], gen)
+        if (batch_idx + 1) % self.HOST_CHECK_EVERY == 0 or \
+                batch_idx + 1 >= self.trainer.num_training_batches:
+            self.check_bad_steps()
 
-    def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The network's and the batches' layout (``channels_last`` measured faster on CPU)."""
+        return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+
+    def share_done(self, batch_idx: int) -> float:
+        """Share of the run's batches done before this one (0 for an open-ended run)."""
+        per_epoch = max(int(self.trainer.num_training_batches), 1)
+        total = self.trainer.estimated_stepping_batches
+        done = self.current_epoch * per_epoch + batch_idx
+        return done / total if total not in (0, float("inf")) else 0.0
+
+    def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                     alpha: tuple | None = None) -> None:
         # the fused quantizers as compiled kernels: a minute to build once, then faster
         with kernels(compiled=self.hparams.compile):
-            self._weights_step(opt, x, y, gen)
+            self._weights_step(opt, x.contiguous(memory_format=self.memory_format), y, gen,
+                               alpha)
 
-    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-                      ) -> None:
-        self.toggle_optimizer(opt)
+    def _weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                      alpha: tuple | None = None) -> None:
+        """The weights' step; with ``alpha`` (α's optimizer and a search batch) the α pass
+        joins it and trains the weights too, in place of the weights' own relaxed pass."""
+        if alpha is None:
+            self.toggle_optimizer(opt)
         opt.zero_grad()
-        relaxed = {k: p.detach() for k, p in
-                   self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+        losses = {}
+        if alpha is None:
+            relaxed = {k: p.detach() for k, p in
+                       self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+            losses["relaxed"] = self.task_loss(self.net(x, relaxed), y)
+        # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
-            self.arch.sample(gen) for _ in range(self.hparams.sandwich_random)]
-        # one backward for the whole sandwich: every weight gets its gradient from one pass,
-        # so DDP reduces once and needs no search for unused parameters
-        losses = {"relaxed": self.task_loss(self.net(x, relaxed), y)}
+            self.arch.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)
+        ] if self.sandwich else []
+        # one backward for the whole step: every weight gets its gradient from one pass
+        # (a relaxed one reaches them all), so DDP reduces once, finding no unused parameter
         largest = self.net(x, self.search_space.largest())
         teacher = F.softmax(largest[-1].detach(), -1)
         losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
             losses[f"member{i}"] = self.distill_loss(self.net(x, member), teacher)
-        if self.backward_if_finite(sum(losses.values())) is None:
-            self.skip_step(opt, "weights")
-        else:
-            self.clip_gradients(opt, self.hparams.grad_clip, "norm")
-            opt.step()
-            self.bad_steps = 0
-            self.log("train/loss_relaxed", losses["relaxed"].detach())
-            self.log("loss", losses["relaxed"].detach(), prog_bar=True, logger=False)
-            self.log("train/loss_largest", losses["largest"].detach())
+        total = sum(losses.values())
+        if alpha is not None:
+            alpha[0].zero_grad()
+            arch_loss, task, costs = self.arch_loss(*alpha[1:], gen)
+            total = total + arch_loss
+            losses["relaxed"] = task
+        finite = self.finite(total)
+        self.manual_backward(total)
+        self.clip_norm(opt)
+        self.step_if(opt, finite)
+        self.count_skips(finite, "weights")
+        if alpha is not None:
+            self.all_reduce_alpha_grads()
+            self.step_if(alpha[0], finite)
+            self.after_arch_step(costs, finite, task)
+        self.log("train/loss_relaxed", losses["relaxed"].detach())
+        self.log("loss", losses["relaxed"].detach(), prog_bar=True, logger=False)
+        self.log("train/loss_largest", losses["largest"].detach())
+        if "member0" in losses:
             self.log("train/loss_smallest", losses["member0"].detach())
-        self.untoggle_optimizer(opt)
+        if alpha is None:
+            self.untoggle_optimizer(opt)
 
     def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         with kernels(compiled=self.hparams.compile):
-            self._arch_step(opt, x, y, gen)
+            self._arch_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
 
     def _arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         self.toggle_optimizer(opt)
         opt.zero_grad()
+        loss, task, costs = self.arch_loss(x, y, gen)
+        finite = self.finite(loss)
+        # α is outside DDP (see `setup`): its few gradients are averaged here, once
+        with self.no_backward_sync():
+            self.manual_backward(loss)
+        self.all_reduce_alpha_grads()
+        self.step_if(opt, finite)
+        self.after_arch_step(costs, finite, task)
+        self.untoggle_optimizer(opt)
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[BudgetLoss, torch.Tensor]]]:
+        """α's loss on a relaxed pass: (loss, its task part, each budget's E[cost])."""
         probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
         logits = self.net(x, probs)
         # E over the exit decision: the deepest exit is the network's answer
@@ -210,56 +283,94 @@ class SupernetSearch(L.LightningModule):
             cost, ratio = b.ratio(belief)
             loss = loss + b.penalty(task, ratio)
             costs.append((b, cost))
-        # α is outside DDP (see `setup`): its few gradients are averaged here, once
-        with self.no_backward_sync():
-            finite = self.backward_if_finite(loss) is not None
-        if not finite:
-            self.skip_step(opt, "arch")
-        else:
-            self.all_reduce_alpha_grads()
-            opt.step()
-            self.dual_step(costs)
-            self.log("arch/loss_task", task.detach())
-            self.log("arch/tau", self.tau)
-            self.log("arch/cost_tau", self.cost_tau)
-        self.untoggle_optimizer(opt)
+        return loss, task, costs
 
-    def dual_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]]) -> None:
-        """Update each multiplier from the cost it controls (argmax member or E[cost])."""
-        argmax = self.arch.argmax()
+    def after_arch_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]],
+                        finite: torch.Tensor, task: torch.Tensor) -> None:
+        self.dual_step(costs, finite)
+        self.draws.push()
+        self.count_skips(finite, "arch")
+        self.log("arch/loss_task", task.detach())
+        self.log("arch/tau", self.tau)
+        self.log("arch/cost_tau", self.cost_tau)
+
+    def dual_step(self, costs: list[tuple[BudgetLoss, torch.Tensor]],
+                  finite: torch.Tensor) -> None:
+        """Update each multiplier from the cost it controls (argmax member or E[cost]), on the
+        device: the argmax member's table cost is E[cost] at its one-hot distribution."""
+        argmax = self.arch.one_hot_argmax()
         for b, cost in costs:
             m = b.name
             expected = self.all_reduce_mean(cost.detach())
-            deployed = self.expected[m].concrete(argmax)
-            signal = deployed if b.spec.dual_signal == "argmax" else float(expected)
-            b.dual_update(torch.tensor(signal / b.budget))
+            deployed = self.expected[m](argmax).detach()
+            signal = deployed if b.spec.dual_signal == "argmax" else expected
+            b.dual_update(signal / b.budget, apply=finite)
+            gap = (expected / b.budget - 1).float()
             self.log(f"arch/expected_{m}", expected.float())
-            self.log(f"arch/budget_gap_{m}", float(expected) / b.budget - 1)
-            self.log(self.bar_name("gap", b), float(expected) / b.budget - 1, prog_bar=True,
-                     logger=False)
-            self.log(f"arch/argmax_gap_{m}", deployed / b.budget - 1)
+            self.log(f"arch/budget_gap_{m}", gap)
+            self.log(self.bar_name("gap", b), gap, prog_bar=True, logger=False)
+            self.log(f"arch/argmax_gap_{m}", (deployed / b.budget - 1).float())
             self.log(f"arch/lambda_{m}", b.lam.float())
 
     def bar_name(self, short: str, budget: BudgetLoss) -> str:
         """A progress-bar key: short, so the bar keeps its width (the logger has full names)."""
         return short if budget is self.budgets[0] else f"{short}_{budget.name}"
 
-    def backward_if_finite(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Backward and return the detached loss, or None (no backward) if it is NaN/Inf."""
-        if not torch.isfinite(self.all_reduce_mean(loss.detach().float())):
-            return None
-        self.manual_backward(loss)
-        return loss.detach()
+    # -- NaN/Inf steps: skipped, decided on the device ----------------------------------------
+    def finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether the loss is finite on every rank: a bool tensor, never read by the host."""
+        return torch.isfinite(self.all_reduce_mean(loss.detach().float()))
 
-    def skip_step(self, opt, which: str) -> None:
-        opt.zero_grad()
-        self.bad_steps += 1
-        self.log("train/skipped_steps", float(self.bad_steps))
-        if self.bad_steps >= self.hparams.max_bad_steps:
-            self.trainer.should_stop = True
-            raise FloatingPointError(
-                f"{self.bad_steps} {which} steps in a row had a NaN/Inf loss; stopping. The last "
-                f"checkpoint holds finite weights: lower the learning rates or check the data.")
+    def clip_norm(self, opt) -> None:
+        """Clip the gradients' norm to ``grad_clip``. Lightning refuses to clip for a fused
+        optimizer under mixed precision (it would unscale inside its step); ours never run
+        under a grad scaler (`fused_steps`), so there is nothing to unscale."""
+        inner = opt.optimizer
+        if all(g.get("fused") for g in inner.param_groups):
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in inner.param_groups for p in g["params"]], self.hparams.grad_clip)
+        else:
+            self.clip_gradients(opt, self.hparams.grad_clip, "norm")
+
+    def step_if(self, opt, finite: torch.Tensor) -> None:
+        """``opt.step()`` where ``finite``, else no update at all (momentum and moments too).
+        Fused torch optimizers decide on the device from ``found_inf`` (as under AMP's grad
+        scaler); any other optimizer makes the host wait for the flag."""
+        inner = opt.optimizer
+        if all(g.get("fused") for g in inner.param_groups):
+            inner.found_inf = (~finite).float()
+            opt.step()
+        elif bool(finite):
+            opt.step()
+
+    def count_skips(self, finite: torch.Tensor, which: str) -> None:
+        """Count skipped steps on the device; a finite weights step ends a run of them."""
+        kind = ("weights", "arch").index(which)
+        streak = torch.where(finite, torch.zeros_like(self.streak) if kind == 0 else self.streak,
+                             self.streak + 1)
+        self.streak.copy_(streak)
+        self.worst[kind] = torch.maximum(self.worst[kind], streak)
+        self.skipped.add_((~finite).long())
+        self.log("train/skipped_steps", self.skipped.float())
+
+    def check_bad_steps(self) -> None:
+        """Stop once ``max_bad_steps`` steps in a row were skipped: the host reads the counters
+        only now and then (the steps in between were skipped, so the weights stay finite)."""
+        worst = self.worst.tolist()
+        self.worst.zero_()
+        limit = self.hparams.max_bad_steps
+        for which, n in zip(("weights", "arch"), worst, strict=True):
+            if n >= limit:
+                self.trainer.should_stop = True
+                raise FloatingPointError(
+                    f"{limit} {which} steps in a row had a NaN/Inf loss; stopping. The last "
+                    "checkpoint holds finite weights: lower the learning rates or check the "
+                    "data.")
+
+    @property
+    def bad_steps(self) -> int:
+        """Steps skipped in a row so far (reads the device: not for use inside a step)."""
+        return int(self.streak)
 
     def setup(self, stage: str) -> None:
         """Keep α out of DDP's gradient buckets: the weight step does not use α and the α step
@@ -304,7 +415,7 @@ class SupernetSearch(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.net(x, self.val_arch)
+        logits = self.net(x.contiguous(memory_format=self.memory_format), self.val_arch)
         exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
         for s, acc, z in zip(exits, self.val_acc, logits, strict=False):
             acc.update(z, y)  # logged as a metric: Lightning computes, syncs and resets it
@@ -359,16 +470,20 @@ class SupernetSearch(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        self.test_acc.update(self.net(x, self.shipped())[-1], y)  # the member that ships
+        logits = self.net(x.contiguous(memory_format=self.memory_format), self.shipped())
+        self.test_acc.update(logits[-1], y)  # the member that ships
         self.log("test/acc", self.test_acc)
 
     # -- optimizers and checkpoints -------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
+        fused = self.fused_steps() and "fused" in inspect.signature(
+            get_optimizer_class(hp.weight_optimizer, bind_defaults=False)).parameters
         w_opt = create_optimizer_v2(self.net, hp.weight_optimizer, lr=hp.weight_lr,
-                                    weight_decay=hp.weight_decay, momentum=0.9)
+                                    weight_decay=hp.weight_decay, momentum=0.9,
+                                    **({"fused": True} if fused else {}))
         a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
-                                 weight_decay=hp.arch_weight_decay)
+                                 weight_decay=hp.arch_weight_decay, fused=self.fused_steps())
         # timm's cosine, stepped by epoch number; one epoch (or an open-ended run) keeps the
         # learning rate constant. Manual optimization: Lightning checkpoints the scheduler and
         # LearningRateMonitor logs it, but the step is ours (`on_train_epoch_start`)
@@ -379,6 +494,31 @@ class SupernetSearch(L.LightningModule):
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         scheduler.step(epoch=self.current_epoch)  # timm's take the epoch number
+
+    def fused_steps(self) -> bool:
+        """Fused optimizers skip a NaN/Inf step on the device; not under a grad scaler
+        (16-mixed), which skips those steps itself and cannot clip for a fused optimizer."""
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        return getattr(plugin, "scaler", None) is None
+
+    def on_fit_start(self) -> None:
+        self.net.to(memory_format=self.memory_format)
+
+    def on_train_start(self) -> None:
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                # a fused SGD whose first step is skipped would keep an uninitialised momentum
+                # buffer; a zero one gives the same first step (buffer = gradient, no dampening)
+                zero = group.get("fused") and group.get("momentum") and not group.get("dampening")
+                for p in group["params"]:
+                    state = opt.state[p]
+                    if zero:
+                        state.setdefault("momentum_buffer", torch.zeros_like(p))
+                    # fused steps read a parameter, its gradient and its state as one layout:
+                    # state restored from a run in the other memory format takes the parameter's
+                    for key, v in state.items():
+                        if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                            state[key] = torch.empty_like(p).copy_(v)
 
     def on_train_epoch_start(self) -> None:
         schedulers = self.lr_schedulers()  # set by epoch number: a resumed run starts right
@@ -393,6 +533,8 @@ class SupernetSearch(L.LightningModule):
             "argmax": self.arch.argmax().to_dict(),
             "shipped": self.shipped().to_dict(),
             "bad_steps": self.bad_steps,
+            "skipped_steps": int(self.skipped),
+            "draw_probs": self.draws.state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -401,7 +543,9 @@ class SupernetSearch(L.LightningModule):
         if meta.get("space") not in (None, self.search_space.spec):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")
-        self.bad_steps = meta.get("bad_steps", 0)
+        self.streak.fill_(meta.get("bad_steps", 0))
+        self.skipped.fill_(meta.get("skipped_steps", 0))
+        self.draws.load(meta.get("draw_probs"))
         self.check_carried_table(meta)
 
     def check_carried_table(self, meta: dict) -> None:

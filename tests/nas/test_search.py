@@ -9,14 +9,15 @@ from nas.budget import BudgetSpec
 from nas.callbacks import AlphaHistory
 from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch, load_search
+from supernet import ArchConfig
 from tests.conftest import TINY
 
 
 def make_search(table: str, **kwargs) -> SupernetSearch:
     kwargs.setdefault("budget", BudgetSpec(fraction=0.15))
     kwargs.setdefault("warmup_epochs", 0)
-    return SupernetSearch(space=TINY, cost_table=table, arch_lr=0.05, sandwich_random=1,
-                          **kwargs)
+    kwargs.setdefault("sandwich_random", 1)
+    return SupernetSearch(space=TINY, cost_table=table, arch_lr=0.05, **kwargs)
 
 
 def fit(module, root, epochs: int, ckpt_path=None, extra_callbacks=(), **trainer_kwargs
@@ -120,7 +121,8 @@ def non_default_arguments(table: str) -> dict:
         relaxation="softmax", tau_start=4.0, tau_end=0.25, cost_tau_end=0.2, warmup_epochs=0,
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
-        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True)
+        grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False,
+        alpha_trains_weights=True, sandwich_start=0.5)
 
 
 def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):
@@ -175,3 +177,212 @@ def test_progress_bar_keeps_its_width_at_120_columns(tiny_table, tmp_path):
     line = tqdm.format_meter(150, 329, 83.0, ncols=120, prefix="Epoch 12",
                              postfix=postfix, unit="it")
     assert len(line) <= 120 and line.count("█") + line.count(" ") >= 20, line
+
+
+class CountHostReads(L.Callback):
+    """Per training batch, the host's reads of a tensor's value (``aten::_local_scalar_dense``:
+    ``.item()``, ``float(t)``, ``bool(t)``…), each a stall of an accelerator. Reads inside a
+    fused optimizer's kernel are counted apart: on the CPU it reads its own step counter there,
+    on CUDA that counter lives on the device."""
+
+    def __init__(self):
+        self.reads, self.in_optimizer = [], 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prof = profile(activities=[ProfilerActivity.CPU]).__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.prof.__exit__(None, None, None)
+        reads = 0
+        for e in self.prof.events():
+            if e.name != "aten::_local_scalar_dense":
+                continue
+            parent = e.cpu_parent
+            while parent is not None and not parent.name.startswith("aten::_fused_"):
+                parent = parent.cpu_parent
+            if parent is None:
+                reads += 1
+            else:
+                self.in_optimizer += 1
+        self.reads.append(reads)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"relaxation": "binary", "sandwich_random": 2, "arch_entropy": 0.1,
+     "budget": BudgetSpec(fraction=0.3, dual_signal="argmax", equality=True)},
+    {"relaxation": "gumbel_hard", "weight_optimizer": "adamw"},
+])
+def test_a_search_step_never_waits_for_the_device(tiny_table, tmp_path, options):
+    count = CountHostReads()
+    module = make_search(tiny_table, **options)
+    fit(module, tmp_path, epochs=1, limit_train_batches=4, limit_val_batches=0,
+        extra_callbacks=[count])
+    assert len(count.reads) == 4 and count.in_optimizer > 0  # the profiler sees reads
+    assert max(count.reads) == 0, count.reads  # was 58 per step on this space
+    assert module.arch.logits("stage1.width").abs().sum() > 0  # α did move
+
+
+class Snapshot(L.Callback):
+    def __init__(self):
+        self.after = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        w_opt = trainer.optimizers[0]
+        self.after.append((
+            {k: v.clone() for k, v in module.state_dict().items()},
+            [s["momentum_buffer"].clone() for s in w_opt.state.values() if s]))
+
+
+def test_a_nan_step_changes_nothing_not_even_momentum_even_the_first(tiny_table, tmp_path):
+    from tests.nas.test_reliability import PoisonedSearch
+
+    PoisonedSearch.poison = {(0, 0)}
+    module = PoisonedSearch(space=TINY, cost_table=tiny_table, warmup_epochs=0,
+                            sandwich_random=1, budget=BudgetSpec(fraction=0.3))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    snap = Snapshot()
+    fit(module, tmp_path, epochs=1, limit_train_batches=3, limit_val_batches=0,
+        extra_callbacks=[snap])
+    (state0, momentum0), (state1, momentum1) = snap.after[:2]
+    net = [k for k in before if k.startswith("net.") and before[k].is_floating_point()]
+    # the weights step of batch 0 was skipped: no weight, BN statistic aside, moved
+    assert all(torch.equal(before[k], state0[k]) for k in net if "running" not in k)
+    assert all(torch.equal(m, torch.zeros_like(m)) for m in momentum0)
+    # batch 1 steps from clean momentum: finite, and the weights move
+    assert all(torch.isfinite(m).all() for m in momentum1)
+    assert any(not torch.equal(state0[k], state1[k]) for k in net)
+    assert module.bad_steps == 0 and int(module.skipped) == 1
+
+
+def test_random_members_are_drawn_from_alpha_two_alpha_steps_back(tiny_space):
+    from nas.arch_params import ArchParameters, LaggedProbs
+
+    arch = ArchParameters(tiny_space)
+    lagged = LaggedProbs(arch)
+    seen = []
+    for _ in range(4):
+        seen.append(torch.cat(lagged.probs()))
+        with torch.no_grad():  # an α step
+            arch.logits("stage1.width")[0] += 1.0
+        lagged.push()
+    uniform = torch.cat(ArchParameters(tiny_space).host_probs())
+    assert torch.equal(seen[0], uniform) and torch.equal(seen[1], uniform)
+    with torch.no_grad():
+        arch.logits("stage1.width")[0] -= 2.0  # α as it was after the first α step
+    assert torch.equal(seen[3], torch.cat(arch.host_probs()))
+    # the state round-trips: a resumed run draws the same members
+    again = LaggedProbs(arch)
+    again.load(lagged.state())
+    gen = [torch.Generator().manual_seed(7) for _ in range(2)]
+    assert arch.sample(gen[0], lagged.probs()) == arch.sample(gen[1], again.probs())
+
+
+def test_draws_follow_the_probabilities(tiny_space):
+    from nas.arch_params import ArchParameters
+
+    arch = ArchParameters(tiny_space)
+    key = "stage1.wbits"  # 4, 8 or 32 bits
+    index = [d.key for d in tiny_space.decisions].index(key)
+    probs = arch.host_probs()
+    probs[index] = torch.tensor([0.7, 0.0, 0.3])
+    gen = torch.Generator().manual_seed(0)
+    choices = tiny_space.decision(key).choices
+    counts = {c: 0 for c in choices}
+    for _ in range(2000):
+        counts[arch.sample(gen, probs)[key]] += 1
+    expected = probs[index].tolist()
+    for c, p in zip(choices, expected, strict=True):
+        assert abs(counts[c] / 2000 - p) < 0.04, (counts, expected)
+    assert counts[choices[1]] == 0  # a choice of probability 0 is never drawn
+
+
+class Layouts(L.Callback):
+    """Before each optimizer step: parameters whose gradient or state has another layout."""
+
+    def __init__(self):
+        self.mismatched, self.steps = [], 0
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.steps += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                tensors = [p.grad, *optimizer.state[p].values()]
+                self.mismatched += [t.stride() for t in tensors if torch.is_tensor(t)
+                                    and t.shape == p.shape and strides(t) != strides(p)]
+
+
+def strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides that matter: a dimension of size 1 may have any."""
+    return tuple(s for s, n in zip(t.stride(), t.shape, strict=True) if n > 1)
+
+
+def test_channels_last_trains_the_same_network(tiny_table, tmp_path):
+    """The layout changes the speed, not the training. Fused steps read a parameter, its
+    gradient and its momentum as one layout (torch does not check), so they must agree."""
+    runs, layouts = {}, Layouts()
+    for channels_last in (True, False):
+        L.seed_everything(0)
+        runs[channels_last] = make_search(tiny_table, channels_last=channels_last)
+        fit(runs[channels_last], tmp_path / str(channels_last), epochs=1,
+            limit_train_batches=3, limit_val_batches=1,
+            extra_callbacks=[layouts] if channels_last else [])
+    convs = [p for p in runs[True].net.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert layouts.steps == 6 and layouts.mismatched == []
+    # the same training up to rounding (a fake quantizer's rounding may flip on a last bit)
+    first, second = (runs[k].state_dict() for k in (True, False))
+    for key, value in first.items():
+        assert torch.allclose(value.float(), second[key].float(), rtol=1e-2, atol=2e-3), key
+
+
+class CountPasses(L.Callback):
+    """Per training batch, the network's passes: relaxed ones and concrete members."""
+
+    def __init__(self):
+        self.passes = []
+
+    def on_train_start(self, trainer, module):
+        forward = module.net.forward
+
+        def counted(x, arch):
+            self.passes[-1].append("member" if isinstance(arch, ArchConfig) else "relaxed")
+            return forward(x, arch)
+
+        module.net.forward = counted
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.passes.append([])
+
+
+SANDWICH = ["member"] * 4  # largest, smallest and two random members
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({}, [["relaxed", *SANDWICH, "relaxed"]] * 4),
+    ({"alpha_trains_weights": True}, [[*SANDWICH, "relaxed"]] * 4),
+    ({"sandwich_start": 0.5}, [["relaxed", "member", "relaxed"]] * 2
+     + [["relaxed", *SANDWICH, "relaxed"]] * 2),
+    ({"alpha_trains_weights": True, "warmup_epochs": 1},  # α frozen: weights' own relaxed pass
+     [["relaxed", *SANDWICH]] * 2 + [[*SANDWICH, "relaxed"]] * 2),
+])
+def test_the_schedule_options_cut_passes_and_still_train_both(tiny_table, tmp_path, options,
+                                                              expected):
+    count = CountPasses()
+    module = make_search(tiny_table, sandwich_random=2, **options)
+    epochs = 2 if options.get("warmup_epochs") else 1
+    fit(module, tmp_path, epochs=epochs, limit_train_batches=4 // epochs, limit_val_batches=0,
+        extra_callbacks=[count])
+    assert count.passes == expected
+    trained = SupernetSearch(space=TINY, cost_table=tiny_table).state_dict()
+    after = module.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in trained.items() if k.startswith("net."))
+    assert module.arch.logits("stage1.width").abs().sum() > 0
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+def test_sandwich_start_must_be_a_share_of_the_run(tiny_table):
+    with pytest.raises(ValueError, match="sandwich_start: a share of the run in"):
+        make_search(tiny_table, sandwich_start=1.0)
