@@ -46,10 +46,10 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
                                             batch_size=batch, budget=budget, warmup_epochs=0,
                                             arch_lr=ARCH_LR, seed=seed)
                 b = search.budgets[0]
-                argmax, shipped = search.arch.argmax(), search.shipped()
+                argmax, shipped = search.alpha.argmax(), search.shipped()
                 accuracy = shipped_accuracy(search, shipped, quick, opts, batch, seed)
                 with torch.no_grad():
-                    expected = float(b.expected(search.arch.probs()))
+                    expected = float(b.expected(search.alpha.probs()))
                 rows.append({
                     "loss": loss, "fraction": fraction, "seed": seed, "budget_ms": b.budget,
                     "shipped_ms": b.expected.concrete(shipped),

@@ -151,7 +151,7 @@ class InterleavedSteps(L.Callback):
         the timed rounds see steady state; the first call's extra time is the compile time."""
         from supernet.fused import use_compiled_kernels
 
-        probs = {k: p.detach() for k, p in module.arch.probs().items()}
+        probs = {k: p.detach() for k, p in module.alpha.probs().items()}
         use_compiled_kernels(True)
         laps = []
         for fmt in (*FORMATS, *FORMATS):
@@ -202,7 +202,7 @@ class InterleavedSteps(L.Callback):
         if batch_idx == 0 and "compiled" in self.kinds:
             self.compile_kernels(module, x, y)
         with torch.no_grad():
-            probs = {k: p.detach() for k, p in module.arch.distribution(
+            probs = {k: p.detach() for k, p in module.alpha.distribution(
                 module.hparams.relaxation, module.tau, module.generator(batch_idx)).items()}
         warm = batch_idx < self.warmup
         keys = {"relaxed": "relaxed" + suffix, "plain": "plain"}

@@ -117,7 +117,7 @@ def shared_search(quick: bool, out_dir: str | Path, opts: Options) -> dict[str, 
                            onnx=False, progress=opts.progress)
     space, table = search.search_space, load_table(quick, out_dir)
     gen = torch.Generator().manual_seed(0)
-    sampled = [search.arch.sample(gen) for _ in range(64)]
+    sampled = [search.alpha.sample(gen) for _ in range(64)]
     macs = {
         "largest": table_cost(space, table, space.largest(), "macs"),
         "smallest": table_cost(space, table, space.smallest(), "macs"),
@@ -127,7 +127,7 @@ def shared_search(quick: bool, out_dir: str | Path, opts: Options) -> dict[str, 
         "timing": timing, "recipe": recipe_of(search),
         "search_kwargs": search_kwargs(quick, out_dir),
         "sandwich_random": search.hparams.sandwich_random,
-        "argmax": search.arch.argmax().to_dict(), "macs": macs,
+        "argmax": search.alpha.argmax().to_dict(), "macs": macs,
         "export_dir": str(d / "export"), "records": export.records,
     }
     info_path.write_text(json.dumps(jsonable(info), indent=1) + "\n")

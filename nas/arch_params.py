@@ -137,13 +137,13 @@ class LaggedProbs:
     def __init__(self, arch: ArchParameters, lag: int = 2):
         if lag < 1:
             raise ValueError(f"lag: must be at least 1 α step, got {lag}")
-        self.arch, self.lag = arch, lag
+        self.alpha, self.lag = arch, lag
         self.slots: deque | None = None  # (host probs, CUDA event or None), oldest first
 
     def probs(self) -> list[torch.Tensor]:
         """The oldest copy: what the next draws use (waits for its copy, long finished)."""
         if self.slots is None:
-            self.slots = deque([(self.arch.host_probs(), None)] * self.lag)
+            self.slots = deque([(self.alpha.host_probs(), None)] * self.lag)
         held, event = self.slots[0]
         if event is not None:
             event.synchronize()
@@ -153,8 +153,8 @@ class LaggedProbs:
         """Start copying the current softmax(α) (call after each α step)."""
         self.probs()
         with torch.no_grad():
-            flat = torch.cat([F.softmax(self.arch.logits(d.key).detach(), -1).float()
-                              for d in self.arch.space.decisions])
+            flat = torch.cat([F.softmax(self.alpha.logits(d.key).detach(), -1).float()
+                              for d in self.alpha.space.decisions])
         event = None
         if flat.device.type == "cuda":
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
@@ -163,7 +163,7 @@ class LaggedProbs:
             event.record()
         else:
             host = flat.cpu().clone()
-        sizes = [len(d.choices) for d in self.arch.space.decisions]
+        sizes = [len(d.choices) for d in self.alpha.space.decisions]
         self.slots.popleft()
         self.slots.append((list(host.split(sizes)), event))
 
@@ -177,7 +177,7 @@ class LaggedProbs:
 
     def load(self, state: list[list[float]] | None) -> None:
         """Restore `state`; ``None`` (an older checkpoint) starts from the current α."""
-        sizes = [len(d.choices) for d in self.arch.space.decisions]
+        sizes = [len(d.choices) for d in self.alpha.space.decisions]
         if state is None or len(state) != self.lag or any(len(s) != sum(sizes) for s in state):
             self.slots = None
             return

@@ -59,7 +59,7 @@ class AlphaHistory(L.Callback):
         if self.steps and self.steps[-1] >= step:
             return
         self.steps.append(step)
-        self.history.append({k: p.tolist() for k, p in module.arch.probs().items()})
+        self.history.append({k: p.tolist() for k, p in module.alpha.probs().items()})
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "history": self.history}

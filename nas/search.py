@@ -103,7 +103,7 @@ class SupernetSearch(L.LightningModule):
         with torch.random.fork_rng(devices=[]):  # the initial weights follow `seed` alone
             torch.manual_seed(seed)
             self.net = SuperNet(self.search_space)
-        self.arch = ArchParameters(self.search_space)
+        self.alpha = ArchParameters(self.search_space)
         metrics = sorted({s.metric for s in specs})
         self.expected = ExpectedCost.for_metrics(self.search_space, table, metrics)
         self.budgets = torch.nn.ModuleList(
@@ -128,7 +128,7 @@ class SupernetSearch(L.LightningModule):
         self.register_buffer("streak", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("worst", torch.zeros(2, dtype=torch.long), persistent=False)
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
-        self.draws = LaggedProbs(self.arch)  # what the sandwich's random members are drawn from
+        self.draws = LaggedProbs(self.alpha)  # what the sandwich's random members are drawn from
 
     # -- helpers ------------------------------------------------------------------------------
     def generator(self, batch_idx: int) -> torch.Generator:
@@ -145,7 +145,7 @@ class SupernetSearch(L.LightningModule):
         return sum(self.distill(z, teacher) for z in logits) / len(logits)
 
     @property
-    def arch_frozen(self) -> bool:
+    def alpha_frozen(self) -> bool:
         return self.current_epoch < self.hparams.warmup_epochs
 
     def anneal(self, batch_idx: int) -> None:
@@ -173,12 +173,12 @@ class SupernetSearch(L.LightningModule):
         self.anneal(batch_idx)
         w_opt, a_opt = self.optimizers()
         gen = self.generator(batch_idx)
-        joint = self.hparams.alpha_trains_weights and not self.arch_frozen
+        joint = self.hparams.alpha_trains_weights and not self.alpha_frozen
         self.sandwich = self.share_done(batch_idx) >= self.hparams.sandwich_start
         self.weights_step(w_opt, *batch["train"], gen,
                           alpha=(a_opt, *batch["search"]) if joint else None)
-        if not self.arch_frozen and not joint:
-            self.arch_step(a_opt, *batch["search"], gen)
+        if not self.alpha_frozen and not joint:
+            self.alpha_step(a_opt, *batch["search"], gen)
         if (batch_idx + 1) % self.HOST_CHECK_EVERY == 0 or \
                 batch_idx + 1 >= self.trainer.num_training_batches:
             self.check_bad_steps()
@@ -212,11 +212,11 @@ class SupernetSearch(L.LightningModule):
         losses = {}
         if alpha is None:
             relaxed = {k: p.detach() for k, p in
-                       self.arch.distribution(self.hparams.relaxation, self.tau, gen).items()}
+                       self.alpha.distribution(self.hparams.relaxation, self.tau, gen).items()}
             losses["relaxed"] = self.task_loss(self.net(x, relaxed), y)
         # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
-            self.arch.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)
+            self.alpha.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)
         ] if self.sandwich else []
         # one backward for the whole step: every weight gets its gradient from one pass
         # (a relaxed one reaches them all), so DDP reduces once, finding no unused parameter
@@ -248,7 +248,7 @@ class SupernetSearch(L.LightningModule):
         if alpha is None:
             self.untoggle_optimizer(opt)
 
-    def arch_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+    def alpha_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         with kernels(compiled=self.hparams.compile):
             self._arch_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
 
@@ -268,16 +268,16 @@ class SupernetSearch(L.LightningModule):
     def arch_loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[BudgetLoss, torch.Tensor]]]:
         """α's loss on a relaxed pass: (loss, its task part, each budget's E[cost])."""
-        probs = self.arch.distribution(self.hparams.relaxation, self.tau, gen)
+        probs = self.alpha.distribution(self.hparams.relaxation, self.tau, gen)
         logits = self.net(x, probs)
         # E over the exit decision: the deepest exit is the network's answer
         per_exit = torch.stack([F.cross_entropy(z, y) for z in logits])
         task = (probs["exit"] * per_exit).sum()
         # costs under softmax(α/cost_tau), not the noisy sample: a low-variance gradient
-        belief = self.arch.probs(self.cost_tau)
+        belief = self.alpha.probs(self.cost_tau)
         loss, costs = task, []
         if self.hparams.arch_entropy:
-            indecision = sum(self.arch.entropies().values())
+            indecision = sum(self.alpha.entropies().values())
             loss = loss + self.hparams.arch_entropy * self.progress * indecision
         for b in self.budgets:
             cost, ratio = b.ratio(belief)
@@ -298,7 +298,7 @@ class SupernetSearch(L.LightningModule):
                   finite: torch.Tensor) -> None:
         """Update each multiplier from the cost it controls (argmax member or E[cost]), on the
         device: the argmax member's table cost is E[cost] at its one-hot distribution."""
-        argmax = self.arch.one_hot_argmax()
+        argmax = self.alpha.one_hot_argmax()
         for b, cost in costs:
             m = b.name
             expected = self.all_reduce_mean(cost.detach())
@@ -376,7 +376,7 @@ class SupernetSearch(L.LightningModule):
         """Keep α out of DDP's gradient buckets: the weight step does not use α and the α step
         does not update the weights, so each backward then reaches every parameter DDP holds
         and plain ``strategy=ddp`` works without searching for unused parameters."""
-        alpha = [f"arch.{name}" for name, _ in self.arch.named_parameters()]
+        alpha = [f"alpha.{name}" for name, _ in self.alpha.named_parameters()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, alpha)
 
     def no_backward_sync(self):
@@ -386,7 +386,7 @@ class SupernetSearch(L.LightningModule):
         return block() if block is not None else contextlib.nullcontext()
 
     def all_reduce_alpha_grads(self) -> None:
-        for p in self.arch.parameters():
+        for p in self.alpha.parameters():
             if p.grad is not None:
                 p.grad = self.all_reduce_mean(p.grad)
 
@@ -411,12 +411,12 @@ class SupernetSearch(L.LightningModule):
     # -- validation: the current argmax member, as a user would deploy it ----------------------
     def on_validation_epoch_start(self) -> None:
         self.sync_bn_statistics()
-        self.val_arch = self.shipped()
+        self.val_member = self.shipped()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.net(x.contiguous(memory_format=self.memory_format), self.val_arch)
-        exits = [s for s in self.search_space.exit_stages if s <= self.val_arch["exit"]]
+        logits = self.net(x.contiguous(memory_format=self.memory_format), self.val_member)
+        exits = [s for s in self.search_space.exit_stages if s <= self.val_member["exit"]]
         for s, acc, z in zip(exits, self.val_acc, logits, strict=False):
             acc.update(z, y)  # logged as a metric: Lightning computes, syncs and resets it
             self.log(f"val/acc_exit{s}", acc)
@@ -427,8 +427,8 @@ class SupernetSearch(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for m, e in self.expected.items():
-            self.log(f"arch/shipped_{m}", e.concrete(self.val_arch))
-        for key, h in self.arch.entropy().items():
+            self.log(f"arch/shipped_{m}", e.concrete(self.val_member))
+        for key, h in self.alpha.entropy().items():
             self.log(f"alpha_entropy/{key}", h)
 
     def shipping_budgets(self) -> list[Budget]:
@@ -439,10 +439,10 @@ class SupernetSearch(L.LightningModule):
     def shipped(self) -> ArchConfig:
         """The member that ships: α's most likely config that meets every budget, landing in
         the band under the first (`nas.shipping`); validation and export use it."""
-        alpha = torch.cat([p.detach().flatten() for p in self.arch.parameters()])
+        alpha = torch.cat([p.detach().flatten() for p in self.alpha.parameters()])
         cached = getattr(self, "_shipped", None)
         if cached is None or not torch.equal(cached[0], alpha):  # α moved since the last call
-            self._shipped = (alpha, ship(self.search_space, self.arch.probs(),
+            self._shipped = (alpha, ship(self.search_space, self.alpha.probs(),
                                          self.shipping_budgets()))
         return self._shipped[1]
 
@@ -450,7 +450,7 @@ class SupernetSearch(L.LightningModule):
         """The shipped member, its table costs against each budget, the argmax member and the
         last validation accuracy (of the shipped member)."""
         summary: dict[str, float | str] = {"final/arch": shipped.to_json(),
-                                           "final/argmax": self.arch.argmax().to_json()}
+                                           "final/argmax": self.alpha.argmax().to_json()}
         summary.update({f"final/{m}": e.concrete(shipped) for m, e in self.expected.items()})
         for b in self.budgets:
             summary[f"final/budget_{b.name}"] = b.budget
@@ -482,7 +482,7 @@ class SupernetSearch(L.LightningModule):
         w_opt = create_optimizer_v2(self.net, hp.weight_optimizer, lr=hp.weight_lr,
                                     weight_decay=hp.weight_decay, momentum=0.9,
                                     **({"fused": True} if fused else {}))
-        a_opt = torch.optim.Adam(self.arch.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
+        a_opt = torch.optim.Adam(self.alpha.parameters(), lr=hp.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=hp.arch_weight_decay, fused=self.fused_steps())
         # timm's cosine, stepped by epoch number; one epoch (or an open-ended run) keeps the
         # learning rate constant. Manual optimization: Lightning checkpoints the scheduler and
@@ -530,7 +530,7 @@ class SupernetSearch(L.LightningModule):
             "space": self.search_space.spec,
             "table_id": self.table_id,
             "cost_table": self.table.to_dict(),  # content, so export and resume never re-read
-            "argmax": self.arch.argmax().to_dict(),
+            "argmax": self.alpha.argmax().to_dict(),
             "shipped": self.shipped().to_dict(),
             "bad_steps": self.bad_steps,
             "skipped_steps": int(self.skipped),
@@ -540,6 +540,9 @@ class SupernetSearch(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         path = getattr(self.trainer, "ckpt_path", None) if self._trainer else None
         meta = check_search_checkpoint(checkpoint, path or "checkpoint", CKPT_FIX)["hwnas"]
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("arch.")]:  # α's name before it was alpha
+            state["alpha." + key.removeprefix("arch.")] = state.pop(key)
         if meta.get("space") not in (None, self.search_space.spec):
             raise ValueError("checkpoint was trained on another search space than "
                              f"{self.hparams.space!r}; pass the space it was trained on")

@@ -36,13 +36,13 @@ def test_search_runs_on_one_gpu(tiny_space, tiny_table):
 
     class RecordDevice(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            devices.append(next(pl_module.arch.parameters()).device.type)
+            devices.append(next(pl_module.alpha.parameters()).device.type)
 
     trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=1, limit_train_batches=3,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         callbacks=[RecordDevice()])
     trainer.fit(module, SyntheticDataModule(num_samples=384, batch_size=32))
     assert devices == ["cuda"] * 3
-    assert any(p.abs().sum() > 0 for p in module.arch.parameters())  # α moved
+    assert any(p.abs().sum() > 0 for p in module.alpha.parameters())  # α moved
     table = CostTable.load(tiny_table)
-    assert module.expected["latency_ms"].concrete(module.arch.argmax()) > 0 and len(table) > 0
+    assert module.expected["latency_ms"].concrete(module.alpha.argmax()) > 0 and len(table) > 0

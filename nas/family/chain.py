@@ -310,7 +310,7 @@ def family_from_search(search, table: CostTable | None = None, **kwargs) -> Fami
     member the search ships for its own budgets is in the family, labelled ``shipped``."""
     table = table if table is not None else search.table  # the checkpoint's own
     with torch.no_grad():
-        probs = {k: p.detach() for k, p in search.arch.probs().items()}
+        probs = {k: p.detach() for k, p in search.alpha.probs().items()}
     if search.budgets and kwargs.get("configs") is None:
         kwargs.setdefault("anchors", {SHIPPED: search.shipped()})
     return build_family(search.search_space, probs, table, **kwargs)

@@ -117,7 +117,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
         write_family(FamilyFile(
             space=space.spec, state_dict=net.state_dict(), members=entries,
             metric=family.metric, table_id=table.id,
-            alpha={k: p.detach() for k, p in search.arch.probs().items()},
+            alpha={k: p.detach() for k, p in search.alpha.probs().items()},
             budget_picks=family.budget_picks, recal_batches=recal_batches), tmp / "family.pt")
         meta = {"space": space.name, "table_id": table.id, "table_target": table.meta.target,
                 "metric": family.metric, "budget_picks": family.budget_picks,

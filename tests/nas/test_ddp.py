@@ -32,7 +32,7 @@ def assert_ranks_agree(out) -> None:
     assert ranks[0]["steps"] == ranks[1]["steps"] > 0
     a, b = ranks[0]["state"], ranks[1]["state"]
     assert set(a) == set(b)
-    alphas = [k for k in a if k.startswith("arch.alpha")]
+    alphas = [k for k in a if k.startswith("alpha.alpha")]
     assert alphas and any(k.endswith("lam") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs between ranks"

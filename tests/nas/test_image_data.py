@@ -46,13 +46,13 @@ def test_a_search_runs_end_to_end_from_an_image_folder(folder, tiny_table, tmp_p
     L.seed_everything(0)
     search = SupernetSearch(space=TINY, cost_table=tiny_table, budget=BudgetSpec(fraction=0.3),
                             warmup_epochs=0, arch_lr=0.05, sandwich_random=1)
-    alpha0 = {k: p.detach().clone() for k, p in search.arch.named_parameters()}
+    alpha0 = {k: p.detach().clone() for k, p in search.alpha.named_parameters()}
     dm = module(folder, image_size=16, augment=Augment(scale=(0.5, 1.0), mixup_alpha=0.2))
     run = trainer(limit_train_batches=3, limit_val_batches=1)
     run.fit(search, dm)
     assert run.global_step == 3 * 2  # two optimizer steps (weights, α) per batch
     assert dm.input_shape == (1, 16, 16) and dm.num_classes == 4
-    assert any(not torch.equal(p, alpha0[k]) for k, p in search.arch.named_parameters())
+    assert any(not torch.equal(p, alpha0[k]) for k, p in search.alpha.named_parameters())
     assert torch.isfinite(run.callback_metrics["train/loss_relaxed"])
     assert 0.0 <= float(run.callback_metrics["val/acc"]) <= 1.0
     (result,) = run.test(search, dm, verbose=False)

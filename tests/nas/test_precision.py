@@ -26,5 +26,5 @@ def test_bf16_mixed_search_trains_weights_and_alpha(tiny_table, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("net.stages") and k.endswith("conv_pw.weight") for k in changed)
     assert any(k.endswith("quant_mid.step") for k in changed)  # learned steps learn under bf16
-    assert any(k.startswith("arch.alpha") for k in changed)
+    assert any(k.startswith("alpha.alpha") for k in changed)
     assert module.bad_steps == 0

@@ -40,8 +40,8 @@ def test_budget_steers_the_architecture(tiny_table, tmp_path):
         loose = make_search(tiny_table, budget=BudgetSpec(fraction=1.0))
     fit(loose, tmp_path / "loose", epochs=3)
     runs = (("tight", tight), ("loose", loose))
-    cost = {name: m.expected["latency_ms"].concrete(m.arch.argmax()) for name, m in runs}
-    belief = {name: float(m.expected["latency_ms"](m.arch.probs())) for name, m in runs}
+    cost = {name: m.expected["latency_ms"].concrete(m.alpha.argmax()) for name, m in runs}
+    belief = {name: float(m.expected["latency_ms"](m.alpha.probs())) for name, m in runs}
     assert cost["tight"] <= tight.budgets[0].budget
     assert cost["loose"] > cost["tight"]
     assert belief["loose"] > 1.5 * belief["tight"]
@@ -91,7 +91,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tiny_table, tmp_path):
     fit(resumed, tmp_path / "c", epochs=2, ckpt_path=tmp_path / "b" / "last.ckpt")
 
     for key in straight.search_space.keys:
-        assert torch.equal(straight.arch.logits(key), resumed.arch.logits(key)), key
+        assert torch.equal(straight.alpha.logits(key), resumed.alpha.logits(key)), key
     assert torch.equal(straight.budgets[0].lam, resumed.budgets[0].lam)
     for (name, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values(),
                             strict=True):
@@ -106,9 +106,9 @@ def test_checkpoint_holds_space_table_and_alpha_and_loads_safely(tiny_table, tmp
     raw = torch.load(path, weights_only=True)
     assert raw["hwnas"]["space"] == module.search_space.spec
     assert raw["hwnas"]["table_id"] == module.table_id
-    assert raw["hwnas"]["argmax"] == module.arch.argmax().to_dict()
+    assert raw["hwnas"]["argmax"] == module.alpha.argmax().to_dict()
     loaded = load_search(path)
-    assert loaded.arch.argmax() == module.arch.argmax()
+    assert loaded.alpha.argmax() == module.alpha.argmax()
     assert torch.equal(loaded.budgets[0].lam, module.budgets[0].lam)
 
 
@@ -159,7 +159,7 @@ def test_same_seed_gives_the_same_search_whatever_the_global_rng(tiny_table, tmp
                                       sandwich_random=2)
         results.append(torch.load(ckpt, weights_only=True)["state_dict"])
     a, b = results
-    assert set(a) == set(b) and any(k.startswith("arch.") for k in a)
+    assert set(a) == set(b) and any(k.startswith("alpha.") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
@@ -222,7 +222,7 @@ def test_a_search_step_never_waits_for_the_device(tiny_table, tmp_path, options)
         extra_callbacks=[count])
     assert len(count.reads) == 4 and count.in_optimizer > 0  # the profiler sees reads
     assert max(count.reads) == 0, count.reads  # was 58 per step on this space
-    assert module.arch.logits("stage1.width").abs().sum() > 0  # α did move
+    assert module.alpha.logits("stage1.width").abs().sum() > 0  # α did move
 
 
 class Snapshot(L.Callback):
@@ -379,10 +379,29 @@ def test_the_schedule_options_cut_passes_and_still_train_both(tiny_table, tmp_pa
     trained = SupernetSearch(space=TINY, cost_table=tiny_table).state_dict()
     after = module.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in trained.items() if k.startswith("net."))
-    assert module.arch.logits("stage1.width").abs().sum() > 0
+    assert module.alpha.logits("stage1.width").abs().sum() > 0
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
 
 
 def test_sandwich_start_must_be_a_share_of_the_run(tiny_table):
     with pytest.raises(ValueError, match="sandwich_start: a share of the run in"):
         make_search(tiny_table, sandwich_start=1.0)
+
+
+def test_a_checkpoint_written_before_alpha_was_renamed_still_loads(tiny_table, tmp_path):
+    """Checkpoints whose α is stored under ``arch.`` (its earlier name) load unchanged."""
+    from costmodels.profile import torch_threads
+    from nas.quickstart import run_search
+
+    with torch_threads(1):
+        search, ckpt = run_search(TINY, tiny_table, SyntheticDataModule(num_samples=256),
+                                  tmp_path, epochs=1, limit_train_batches=2,
+                                  limit_val_batches=1, progress=False)
+    raw = torch.load(ckpt, weights_only=True)
+    raw["state_dict"] = {("arch." + k.removeprefix("alpha.")) if k.startswith("alpha.") else k: v
+                         for k, v in raw["state_dict"].items()}
+    old = tmp_path / "old.ckpt"
+    torch.save(raw, old)
+    loaded = load_search(old)
+    for key in search.alpha.space.decisions:
+        assert torch.equal(loaded.alpha.logits(key.key), search.alpha.logits(key.key).cpu())
