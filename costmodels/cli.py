@@ -22,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                   description="Hardware cost tables: op signature -> metrics.")
     sub = costs.add_subparsers(title="subcommands", dest="costs_command", metavar="SUBCOMMAND")
     sub.required = True
+    _add_build(sub)
+    _add_import(sub)
+    _add_check(sub)
+    return costs
 
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="build a cost table for every layer of a space",
                        description="Measure on this machine (cpu: torch eager; cuda, cuda:N; "
                                    "onnxruntime: the exported integer model on CPU) or price "
@@ -46,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--threads 1), robust when other processes share the machine")
     b.set_defaults(func=_build)
 
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("import", help="import a cost table measured elsewhere (CSV, or an "
                                       "HW-NAS-Bench-format block table)",
                        description="CSV columns are documented in costmodels.imports.read_csv; the "
@@ -73,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="drop rows the space never runs instead of refusing the table")
     i.set_defaults(func=_import)
 
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("check", help="predicted vs. measured latency of sampled members",
                        description="Writes fidelity.json and fidelity.png to --out.")
     c.add_argument("--space", required=True, help="search-space YAML")
@@ -100,7 +110,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="check a table that does not describe this host (another machine, "
                         "or its reference layers drift beyond ±10%%) instead of stopping")
     c.set_defaults(func=_check)
-    return costs
 
 
 def _space(path: str):

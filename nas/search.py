@@ -109,17 +109,8 @@ class SupernetSearch(L.LightningModule):
         self.budgets = torch.nn.ModuleList(
             BudgetLoss(s, self.search_space, self.expected[s.metric]) for s in specs)
         self.distill = SoftTargetCrossEntropy()
-        n_exits = len(self.search_space.exit_stages)
-        self.val_acc = torch.nn.ModuleList(
-            MulticlassAccuracy(self.search_space.num_classes) for _ in range(n_exits))
-        self.val_acc_last = MulticlassAccuracy(self.search_space.num_classes)
-        self.test_acc = MulticlassAccuracy(self.search_space.num_classes)
-        for name in ("tau_start", "tau_end", "cost_tau_end"):
-            if not self.hparams[name] > 0:
-                raise ValueError(
-                    f"{name}: temperatures must be positive, got {self.hparams[name]}")
-        if not 0 <= sandwich_start < 1:
-            raise ValueError(f"sandwich_start: a share of the run in [0, 1), got {sandwich_start}")
+        self.check_schedule()
+        self.add_metrics()
         self.progress = 0.0  # share of the α phase done, set by `anneal`
         self.sandwich = True  # whether this step trains the smallest and random members
         # NaN/Inf bookkeeping kept on the device, read by the host every `HOST_CHECK_EVERY`
@@ -129,6 +120,24 @@ class SupernetSearch(L.LightningModule):
         self.register_buffer("worst", torch.zeros(2, dtype=torch.long), persistent=False)
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
         self.draws = LaggedProbs(self.alpha)  # what the sandwich's random members are drawn from
+
+    def check_schedule(self) -> None:
+        hp = self.hparams
+        for name in ("tau_start", "tau_end", "cost_tau_end"):
+            if not hp[name] > 0:
+                raise ValueError(f"{name}: temperatures must be positive, got {hp[name]}")
+        if not 0 <= hp.sandwich_start < 1:
+            raise ValueError(f"sandwich_start: a share of the run in [0, 1), got "
+                             f"{hp.sandwich_start}")
+
+    def add_metrics(self) -> None:
+        """Accuracy per exit of the validated member, of its last exit (the exit count moves
+        with α) and of the tested member; Lightning computes, syncs and resets them."""
+        classes = self.search_space.num_classes
+        self.val_acc = torch.nn.ModuleList(
+            MulticlassAccuracy(classes) for _ in self.search_space.exit_stages)
+        self.val_acc_last = MulticlassAccuracy(classes)
+        self.test_acc = MulticlassAccuracy(classes)
 
     # -- helpers ------------------------------------------------------------------------------
     def generator(self, batch_idx: int) -> torch.Generator:

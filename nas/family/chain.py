@@ -218,6 +218,20 @@ def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
     return out
 
 
+def budget_labels(path: Sequence[ArchConfig], costs: Mapping[str, CostFn],
+                  budgets: Mapping[str, Sequence[float]]) -> dict[int, list[str]]:
+    """Path index → the budgets (``"latency_ms<=2"``) whose largest fitting config it is."""
+    labels: dict[int, list[str]] = {}
+    for m, values in budgets.items():
+        for b in values:
+            fit = [i for i, a in enumerate(path) if costs[m](a) <= b]
+            if not fit:
+                raise ValueError(f"budget {m}<={b:g}: no nested member fits; the smallest "
+                                 f"costs {costs[m](path[0]):.6g} {m}")
+            labels.setdefault(fit[-1], []).append(f"{m}<={b:g}")
+    return labels
+
+
 def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: CostTable, *,
                  metric: str = "latency_ms", members: int = 8,
                  budgets: Mapping[str, Sequence[float]] | None = None, start: Start = "largest",
@@ -255,14 +269,7 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
             limit = costs[metric](argmax_config(space, probs)) * (1 + 1e-12)
             picks = sorted(set(picks) | {max(i for i, a in enumerate(path)
                                              if costs[metric](a) <= limit)})
-    labels: dict[int, list[str]] = {}
-    for m, values in (budgets or {}).items():
-        for b in values:
-            fit = [i for i, a in enumerate(path) if costs[m](a) <= b]
-            if not fit:
-                raise ValueError(f"budget {m}<={b:g}: no nested member fits; the smallest "
-                                 f"costs {costs[m](path[0]):.6g} {m}")
-            labels.setdefault(fit[-1], []).append(f"{m}<={b:g}")
+    labels = budget_labels(path, costs, budgets or {})
     for label, arch in anchors.items():
         if configs is None:
             labels.setdefault(path.index(canonical(space, arch)), []).append(label)

@@ -139,7 +139,8 @@ def plot_pareto(records: list[dict[str, Any]], path: Path,
 
 
 def format_table(records: list[dict[str, Any]], metric: str = "latency_ms") -> str:
-    """A fixed-width text table of the records, one line each, cheapest first."""
+    """A fixed-width text table of the records, one line each, cheapest first; a member picked
+    for a budget (or shipped by the search) is labelled after its front mark."""
     mark_front(records)
     n_exits = max(len(r["accuracy"]) for r in records)
     head = (f"{'name':<6} {'kind':<7} {metric:>12} {'measured ms':>11} "
@@ -151,5 +152,6 @@ def format_table(records: list[dict[str, Any]], metric: str = "latency_ms") -> s
         lines.append(f"{r['name']:<6} {r.get('kind', 'member'):<7} "
                      f"{cost_of(r, metric):12.5g} "
                      f"{'-' if measured is None else f'{measured:.4f}':>11} "
-                     + " ".join(accs) + ("  *" if r["on_front"].get(metric) else ""))
-    return "\n".join(lines)
+                     + " ".join(accs) + ("  *" if r["on_front"].get(metric) else "   ")
+                     + (f"  {', '.join(r['budgets'])}" if r.get("budgets") else ""))
+    return "\n".join(line.rstrip() for line in lines)
