@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
-from costmodels.signature import OpSignature, SignatureError
+from costmodels.signature import Batched, OpSignature, SignatureError
 from supernet.arch import ArchConfig, Number
 from supernet.layers import BlockShape, block_slots, layer_slots
 from supernet.space import SearchSpace
@@ -28,18 +28,10 @@ _SKIP_KEY = re.compile(r"^skip_c(?P<channels>\d+)_r(?P<in_size>\d+)_b(?P<batch>\
 
 
 @dataclass(frozen=True, order=True)
-class BlockSignature(BlockShape):
+class BlockSignature(Batched, BlockShape):
     """One whole block (or a taken skip) as the hardware sees it, run on ``batch`` samples."""
 
     batch: int = 1
-
-    def __post_init__(self) -> None:
-        try:
-            super().__post_init__()
-        except ValueError as e:
-            raise SignatureError(str(e)) from None
-        if int(self.batch) < 1:
-            raise SignatureError(f"batch: must be a positive integer, got {self.batch!r}")
 
     @classmethod
     def from_shape(cls, shape: BlockShape, batch: int = 1) -> BlockSignature:

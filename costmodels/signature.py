@@ -30,11 +30,9 @@ class SignatureError(ValueError):
     """A signature field or key that cannot describe a layer; the message names the field."""
 
 
-@dataclass(frozen=True, order=True)
-class OpSignature(Layer):
-    """One layer as the hardware sees it (the supernet's `Layer`), run on ``batch`` samples."""
-
-    batch: int = 1
+class Batched:
+    """A shape of the supernet run on ``batch`` samples (a dataclass field of the subclass):
+    the shape's own checks, reported as `SignatureError`, then the batch's."""
 
     def __post_init__(self) -> None:
         try:
@@ -43,6 +41,13 @@ class OpSignature(Layer):
             raise SignatureError(str(e)) from None
         if int(self.batch) < 1:
             raise SignatureError(f"batch: must be a positive integer, got {self.batch!r}")
+
+
+@dataclass(frozen=True, order=True)
+class OpSignature(Batched, Layer):
+    """One layer as the hardware sees it (the supernet's `Layer`), run on ``batch`` samples."""
+
+    batch: int = 1
 
     @classmethod
     def from_shape(cls, shape: Layer, batch: int = 1) -> OpSignature:
