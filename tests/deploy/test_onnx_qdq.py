@@ -20,8 +20,8 @@ SHAPE = (1, 16, 16)
 BN_OF = {"conv_pw": "bn1", "conv_dw": "bn2", "conv_pwl": "bn3"}
 
 
-def member(space, bits: int, seed: int = 0):
-    """A supernet with non-trivial batch norms, and its largest member at ``bits`` bits."""
+def supernet_with_random_bn(space, seed: int = 0) -> SuperNet:
+    """A supernet whose batch norms are far from identity, so folding them is tested."""
     torch.manual_seed(seed)
     net = SuperNet(space).eval()
     with torch.no_grad():
@@ -31,6 +31,12 @@ def member(space, bits: int, seed: int = 0):
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(-1.5, 1.5)  # negative γ too: the fold flips integer signs
                 m.bias.uniform_(-0.3, 0.3)
+    return net
+
+
+def member(space, bits: int, seed: int = 0):
+    """A supernet with non-trivial batch norms, and its largest member at ``bits`` bits."""
+    net = supernet_with_random_bn(space, seed)
     keys = {f"stage{i}__{k}": bits for i in (1, 2) for k in ("wbits", "abits")}
     config = space.largest().replace(**keys)
     static = extract(net, config).eval()

@@ -18,8 +18,9 @@ from costmodels.analytic import weight_bytes
 from costmodels.signature import OpSignature
 from deploy import lower_member, trained_weight_quant, write_member
 from deploy.member_file import relower_member
-from supernet import SearchSpace, SuperNet, extract
+from supernet import SearchSpace, extract
 from supernet.layers import describe_layers
+from tests.deploy.test_onnx_qdq import supernet_with_random_bn
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (3, 16, 16)
@@ -44,15 +45,7 @@ def fbnet() -> SearchSpace:
 def member(space, case):
     """A supernet with non-trivial batch norms and the case's member of it, extracted."""
     seed, bits, forced = CASES[case]
-    torch.manual_seed(seed)
-    net = SuperNet(space).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(-1.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
+    net = supernet_with_random_bn(space, seed)
     bit_keys = {f"stage{i}__{k}": bits for i in (1, 2, 3) for k in ("wbits", "abits")}
     config = space.sample(random.Random(seed)).replace(**forced, **bit_keys)
     return net, config, extract(net, config).eval()
