@@ -105,7 +105,7 @@ def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequ
         return memo[arch]
 
     frontier = list(dict.fromkeys(box.clip(a) for a in [start, *extra_starts]))
-    best, stale = min(frontier, key=score), 0
+    best, stale = min(frontier, key=lambda a: (score(a), a.items_)), 0
     while stale < patience:  # stop after `patience` rounds that found nothing better
         seen = set(memo)
         candidates = {n for a in frontier for n in neighbours(space, a)
@@ -113,9 +113,10 @@ def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequ
         if not candidates:
             break
         # explore by distance to the band from either side; keep the best by feasibility first
-        frontier = sorted(candidates, key=lambda a: (score(a)[0] + score(a)[1], score(a)[2]))
+        frontier = sorted(candidates, key=lambda a: (score(a)[0] + score(a)[1], score(a)[2],
+                                                     a.items_))
         frontier = frontier[:beam]
-        improved = min(frontier, key=score)
+        improved = min(frontier, key=lambda a: (score(a), a.items_))
         if score(improved) < score(best):
             best, stale = improved, 0
         else:
@@ -144,7 +145,7 @@ def ship(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequenc
 
     drawn = [box.clip(draw(alpha if i % 2 else uniform)) for i in range(samples)]
     first = budgets[0]
-    nearest = sorted(set(drawn), key=lambda a: first.violation(a) + first.shortfall(a))
+    nearest = sorted(set(drawn), key=lambda a: (first.violation(a) + first.shortfall(a), a.items_))
     # the cheapest config of each budget: a start that meets the ceiling whenever one can
     cheapest = [cheapest_config(space, b.cost) for b in budgets]
     return project(space, probs, budgets, start, [*nearest[:8], *cheapest, *starts], box=box)

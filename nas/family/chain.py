@@ -128,7 +128,8 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
         raise ValueError(f"start: must be 'largest' or 'argmax', got {start!r}")
     mids = {canonical(space, a)
             for a in [*anchors, *([argmax_config(space, probs)] if start == "argmax" else [])]}
-    chain = [top, *sorted(mids - {top, bottom}, key=cost, reverse=True), bottom]
+    chain = [top, *sorted(mids - {top, bottom}, key=lambda a: (cost(a), a.items_), reverse=True),
+             bottom]
     path = [top]
     for hi, lo in zip(chain, chain[1:], strict=False):
         path += descend(space, log_probs, cost, hi, lo)[1:]
@@ -195,7 +196,7 @@ def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
     """
     log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
     top, bottom = space.largest(), space.smallest()
-    chain = sorted(set(fixed), key=cost, reverse=True)
+    chain = sorted(set(fixed), key=lambda a: (cost(a), a.items_), reverse=True)
     in_band = [b for b in budgets if any(within([b], a) and b.shortfall(a) == 0 for a in chain)]
     todo = [b for b in budgets if not within([b], top) and b not in in_band]
     # where each budget sits along the chain: its own limit when it is in the chain's metric
@@ -214,7 +215,7 @@ def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
             anchor = ship(space, probs, [b], box=box, starts=fits[:1])
         if within([b], anchor):
             out[b] = anchor
-            chain = sorted({*chain, anchor}, key=cost, reverse=True)
+            chain = sorted({*chain, anchor}, key=lambda a: (cost(a), a.items_), reverse=True)
     return out
 
 

@@ -68,3 +68,36 @@ def test_with_room_to_spare_the_argmax_ships(tiny_space, costs):
         top = argmax_config(tiny_space, probs)
         ceiling = Budget("latency_ms", lat, lat(top) / (1 - BAND / 2))
         assert project(tiny_space, probs, [ceiling], top) == top
+
+
+def test_the_shipped_member_does_not_depend_on_the_process(tmp_path):
+    """Ties (uniform α has many) break the same way in every process, whatever Python's hash
+    seed: DDP ranks validate the same member and a rerun ships the same one."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    script = (
+        "import torch\n"
+        "from costmodels import build_analytic_table, table_cost\n"
+        "from nas.shipping import Budget, ship\n"
+        "from nas.family.chain import build_family\n"
+        "from supernet import SearchSpace\n"
+        f"space = SearchSpace.from_yaml({str(TINY)!r})\n"
+        "table = build_analytic_table(space, 'edgetpu')\n"
+        "cost = lambda a: table_cost(space, table, a, 'latency_ms')\n"
+        "probs = {d.key: torch.full((len(d.choices),), 1 / len(d.choices))"
+        " for d in space.decisions}\n"
+        "limit = 0.5 * cost(space.largest())\n"
+        "print(ship(space, probs, [Budget('latency_ms', cost, limit)]).to_json())\n"
+        "fam = build_family(space, probs, table, members=3, budgets={'latency_ms': [limit]})\n"
+        "print([m.config.to_json() for m in fam.members])\n"
+    )
+    outs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                   capture_output=True, text=True, cwd=tmp_path.parent).stdout)
+    assert outs[0] == outs[1] == outs[2]
