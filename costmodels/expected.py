@@ -46,7 +46,7 @@ class ExpectedCost(nn.Module):
         self.table = table  # `CostTable.network_cost`: overhead and correction
         self._slots: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._values: dict[str, float] = {}  # signature key -> table value, for `concrete`
-        self.priced = priced_slots(space, table.entries, self.batch)
+        self._priced = None
         for i, slot in enumerate(self.priced):
             keys = slot.keys
             sizes = [len(space.decision(k).choices) for k in keys]
@@ -71,6 +71,18 @@ class ExpectedCost(nn.Module):
             self.register_buffer(f"cost{i}", cost)
             self.register_buffer(f"count{i}", count, persistent=False)
             self._slots.append((slot.name, keys, tuple(run_keys)))
+
+    @property
+    def priced(self) -> list:
+        """The slots the table prices this space by (`costmodels.priced.priced_slots`)."""
+        if self._priced is None:
+            self._priced = priced_slots(self.space, self.table.entries, self.batch)
+        return self._priced
+
+    def __getstate__(self) -> dict:
+        # the slots close over the space's layer builders, which do not pickle (ddp_spawn
+        # pickles the module); they are rebuilt on first use
+        return {**self.__dict__, "_priced": None}
 
     @classmethod
     def for_metrics(cls, space: SearchSpace, table: CostTable, metrics: Sequence[str]

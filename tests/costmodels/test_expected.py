@@ -131,3 +131,17 @@ def test_a_fitted_correction_applies_inside_the_expected_cost(tiny, tiny_table):
     # memory metrics take no correction
     assert ExpectedCost(tiny, corrected, "weight_bytes").concrete(tiny.largest()) == \
         table_cost(tiny, tiny_table, tiny.largest(), "weight_bytes")
+
+
+def test_expected_cost_pickles_as_ddp_spawn_needs(tiny_space):
+    """`ddp_spawn` pickles the search module: the expected cost must survive it and price the
+    same afterwards (its slots are rebuilt on first use)."""
+    import pickle
+
+    from costmodels import build_analytic_table
+
+    table = build_analytic_table(tiny_space, "edgetpu")
+    cost = ExpectedCost(tiny_space, table, "latency_ms")
+    again = pickle.loads(pickle.dumps(cost))
+    for arch in (tiny_space.smallest(), tiny_space.largest()):
+        assert again.concrete(arch) == cost.concrete(arch)
