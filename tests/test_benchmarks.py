@@ -47,6 +47,7 @@ def check_figure(out: Path, name: str) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_quick_overhead_figure(tmp_path):
     """A smoke test of one figure through run_all (seconds)."""
     assert main(["--quick", "--out", str(tmp_path), "--only", "supernet_overhead"]) == 0

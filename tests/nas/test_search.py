@@ -31,6 +31,7 @@ def fit(module, root, epochs: int, ckpt_path=None, extra_callbacks=(), **trainer
     return trainer
 
 
+@pytest.mark.slow
 def test_budget_steers_the_architecture(tiny_table, tmp_path):
     L.seed_everything(0)
     tight = make_search(tiny_table, budget=BudgetSpec(fraction=0.15))
@@ -211,9 +212,11 @@ class CountHostReads(L.Callback):
 
 @pytest.mark.parametrize("options", [
     {},
-    {"relaxation": "binary", "sandwich_random": 2, "arch_entropy": 0.1,
-     "budget": BudgetSpec(fraction=0.3, dual_signal="argmax", equality=True)},
-    {"relaxation": "gumbel_hard", "weight_optimizer": "adamw"},
+    pytest.param({"relaxation": "binary", "sandwich_random": 2, "arch_entropy": 0.1,
+                  "budget": BudgetSpec(fraction=0.3, dual_signal="argmax", equality=True)},
+                 marks=pytest.mark.slow),
+    pytest.param({"relaxation": "gumbel_hard", "weight_optimizer": "adamw"},
+                 marks=pytest.mark.slow),
 ])
 def test_a_search_step_never_waits_for_the_device(tiny_table, tmp_path, options):
     count = CountHostReads()

@@ -51,6 +51,7 @@ def test_an_equality_target_is_met_within_two_percent(tiny_space, costs):
     assert met >= 13  # a heuristic search: nearly always within ±2%
 
 
+@pytest.mark.slow
 def test_latency_and_weight_bytes_hold_together(tiny_space, costs):
     for probs, witness in cases(tiny_space):
         budgets = [Budget(m, costs[m], costs[m](witness)) for m in ("latency_ms", "weight_bytes")]
@@ -70,6 +71,7 @@ def test_with_room_to_spare_the_argmax_ships(tiny_space, costs):
         assert project(tiny_space, probs, [ceiling], top) == top
 
 
+@pytest.mark.slow
 def test_the_shipped_member_does_not_depend_on_the_process(tmp_path):
     """Ties (uniform α has many) break the same way in every process, whatever Python's hash
     seed: DDP ranks validate the same member and a rerun ships the same one."""
