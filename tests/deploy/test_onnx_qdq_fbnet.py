@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import yaml
@@ -20,7 +19,7 @@ from deploy import lower_member, trained_weight_quant, write_member
 from deploy.member_file import relower_member
 from supernet import SearchSpace, extract
 from supernet.layers import describe_layers
-from tests.deploy.test_onnx_qdq import supernet_with_random_bn
+from tests.deploy.test_onnx_qdq import session, supernet_with_random_bn
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (3, 16, 16)
@@ -54,15 +53,6 @@ def member(space, case):
 def blocks_run(static):
     return [b for stage in static.stages for b in stage
             if not isinstance(b, torch.nn.Identity)]
-
-
-def session(model, optimized=None):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if optimized:
-        opts.optimized_model_filepath = optimized
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
 
 
 def test_the_cases_cover_skips_residual_first_blocks_and_the_head_conv(fbnet):
