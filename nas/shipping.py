@@ -52,6 +52,11 @@ def argmax_config(space: SearchSpace, probs: Mapping[str, torch.Tensor]) -> Arch
                             for d in space.decisions))
 
 
+def log_probs_of(probs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per decision, the log of its choice probabilities (float64, zeros floored at 1e-30)."""
+    return {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+
+
 def log_prob(log_probs: Mapping[str, torch.Tensor], space: SearchSpace, arch: ArchConfig) -> float:
     return sum(float(log_probs[d.key][d.choices.index(arch[d.key])]) for d in space.decisions)
 
@@ -94,7 +99,7 @@ def project(space: SearchSpace, probs: Mapping[str, torch.Tensor], budgets: Sequ
     the least shortfall under its band, then the highest log-probability under ``probs``.
     The beam starts from ``start`` (α's argmax) and ``extra_starts`` (e.g. the family path's
     configs on either side of the budget) and never leaves ``box``."""
-    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    log_probs = log_probs_of(probs)
     memo: dict[ArchConfig, tuple[float, float, float]] = {}
 
     def score(arch: ArchConfig) -> tuple[float, float, float]:

@@ -11,14 +11,14 @@ cost) over the path are kept, plus the largest that fits each user budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from costmodels import CostTable, table_cost
-from nas.shipping import Box, Budget, argmax_config, ship, within
+from nas.shipping import Box, Budget, argmax_config, log_prob, log_probs_of, ship, within
 from supernet import ArchConfig, SearchSpace, SpaceError
 
 Start = Literal["largest", "argmax"]
@@ -63,6 +63,12 @@ class Family:
 def cached(cost: CostFn) -> CostFn:
     memo: dict[ArchConfig, float] = {}
     return lambda arch: memo[arch] if arch in memo else memo.setdefault(arch, cost(arch))
+
+
+def dearest_first(configs: Collection[ArchConfig], cost: CostFn) -> list[ArchConfig]:
+    """``configs`` by falling cost; ties broken by the config itself, never by set order, so
+    every process (every DDP rank) orders them alike."""
+    return sorted(configs, key=lambda a: (cost(a), a.items_), reverse=True)
 
 
 def _step(space: SearchSpace, arch: ArchConfig, key: str, delta: int) -> ArchConfig:
@@ -122,14 +128,13 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
     ``start="argmax"`` adds α's argmax (the search's own answer) to them. Where a step saves
     no cost, the larger config of equal cost is kept, unless the smaller is an anchor.
     """
-    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    log_probs = log_probs_of(probs)
     top, bottom = space.largest(), space.smallest()
     if start not in ("largest", "argmax"):
         raise ValueError(f"start: must be 'largest' or 'argmax', got {start!r}")
     mids = {canonical(space, a)
             for a in [*anchors, *([argmax_config(space, probs)] if start == "argmax" else [])]}
-    chain = [top, *sorted(mids - {top, bottom}, key=lambda a: (cost(a), a.items_), reverse=True),
-             bottom]
+    chain = [top, *dearest_first(mids - {top, bottom}, cost), bottom]
     path = [top]
     for hi, lo in zip(chain, chain[1:], strict=False):
         path += descend(space, log_probs, cost, hi, lo)[1:]
@@ -194,9 +199,9 @@ def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
     the box between its neighbours in the chain (by ``cost``) when it does not nest with them,
     starting also from α's greedy path through that box.
     """
-    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    log_probs = log_probs_of(probs)
     top, bottom = space.largest(), space.smallest()
-    chain = sorted(set(fixed), key=lambda a: (cost(a), a.items_), reverse=True)
+    chain = dearest_first(set(fixed), cost)
     in_band = [b for b in budgets if any(within([b], a) and b.shortfall(a) == 0 for a in chain)]
     todo = [b for b in budgets if not within([b], top) and b not in in_band]
     # where each budget sits along the chain: its own limit when it is in the chain's metric
@@ -215,7 +220,7 @@ def budget_anchors(space: SearchSpace, probs: Mapping[str, torch.Tensor],
             anchor = ship(space, probs, [b], box=box, starts=fits[:1])
         if within([b], anchor):
             out[b] = anchor
-            chain = sorted({*chain, anchor}, key=lambda a: (cost(a), a.items_), reverse=True)
+            chain = dearest_first({*chain, anchor}, cost)
     return out
 
 
@@ -267,7 +272,7 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
         path = nested_path(space, probs, costs[metric], "largest", [*fixed, *near.values()])
         picks = spread([costs[metric](a) for a in path], members)
         if with_argmax:  # the search's own answer (or a larger config as cheap) is kept
-            limit = costs[metric](argmax_config(space, probs)) * (1 + 1e-12)
+            limit = costs[metric](argmax) * (1 + 1e-12)
             picks = sorted(set(picks) | {max(i for i, a in enumerate(path)
                                              if costs[metric](a) <= limit)})
     labels = budget_labels(path, costs, budgets or {})
@@ -275,7 +280,7 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
         if configs is None:
             labels.setdefault(path.index(canonical(space, arch)), []).append(label)
     chosen = sorted(set(picks) | set(labels))
-    log_probs = {k: p.detach().double().clamp_min(1e-30).log() for k, p in probs.items()}
+    log_probs = log_probs_of(probs)
     out = []
     for n, i in enumerate(chosen):
         a = path[i]
@@ -283,8 +288,7 @@ def build_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], table: C
         out.append(FamilyMember(
             name=f"m{n}", config=a, costs={m: costs[m](a) for m in metrics},
             exit_costs={m: [costs[m](a.replace(exit=s)) for s in exits] for m in metrics},
-            log_prob=sum(float(log_probs[d.key][d.choices.index(a[d.key])])
-                         for d in space.decisions),
+            log_prob=log_prob(log_probs, space, a),
             budgets=labels.get(i, [])))
     picks_by_label = {lab: m.name for m in out for lab in m.budgets}
     return Family(space, metric, out, picks_by_label, costs)
