@@ -39,7 +39,7 @@ def members(quick: bool) -> dict[str, Any]:
 
 def score(search, quick: bool, data_dir: str | None) -> dict[str, float]:
     """Test accuracy (last exit) of each fixed member, batch norms recalibrated."""
-    from nas.recalibrate import recalibrate_bn
+    from nas.family.recalibrate import recalibrate_bn
     from supernet import extract
 
     dm = datamodule(quick, data_dir)
