@@ -21,6 +21,7 @@ from torch import nn
 from costmodels.priced import layer_count, member_signatures, priced_slots
 from costmodels.table import CostTable, reduction
 from supernet.arch import ArchConfig
+from supernet.layers import Condition
 from supernet.space import SearchSpace
 
 DTYPE = torch.float64
@@ -56,8 +57,8 @@ class ExpectedCost(nn.Module):
                 cost[idx] = self._values.setdefault(sig.key, table.lookup(sig, metric))
                 count[idx] = layer_count(sig)
             run_keys = []
-            for key, minimum in _runs_if(slot.runs_if).items():
-                mask = torch.tensor([float(c >= minimum) for c in space.decision(key).choices],
+            for key, (lo, hi) in _runs_if(slot.runs_if).items():
+                mask = torch.tensor([float(lo <= c <= hi) for c in space.decision(key).choices],
                                     dtype=DTYPE)
                 if key in keys:  # shapes and gating share a decision: fold the gate in
                     dim = keys.index(key)
@@ -146,9 +147,10 @@ def table_cost(space: SearchSpace, table: CostTable, arch: ArchConfig,
     return table.network_cost(total, sum(n for _, n in ran), metric)
 
 
-def _runs_if(conditions: Sequence[tuple[str, int]]) -> dict[str, int]:
-    """Conditions per decision; two on one decision reduce to the stricter."""
-    out: dict[str, int] = {}
-    for key, minimum in conditions:
-        out[key] = max(minimum, out.get(key, minimum))
+def _runs_if(conditions: Sequence[Condition]) -> dict[str, tuple[float, float]]:
+    """The range each decision must lie in; two conditions on one decision intersect."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, lo, hi in conditions:
+        was_lo, was_hi = out.get(key, (lo, hi))
+        out[key] = (max(lo, was_lo), min(hi, was_hi))
     return out

@@ -17,14 +17,17 @@ from dataclasses import asdict, dataclass
 
 from costmodels.signature import Batched, OpSignature, SignatureError
 from supernet.arch import ArchConfig, Number
-from supernet.layers import BlockShape, block_slots, layer_slots
+from supernet.layers import BlockShape, Condition, block_slots, holds, layer_slots
 from supernet.space import SearchSpace
 
 _BLOCK_KEY = re.compile(
     r"^block_i(?P<in_channels>\d+)_o(?P<out_channels>\d+)_e(?P<expand>\d+(\.\d+)?)"
     r"_k(?P<kernel>\d+)_s(?P<stride>\d+)_r(?P<in_size>\d+)_w(?P<weight_bits>\d+)"
-    r"_a(?P<act_bits>\d+)_b(?P<batch>\d+)(?P<res>_res)?$")
+    r"_a(?P<act_bits>\d+)_b(?P<batch>\d+)(?P<res>_res)?(_g(?P<groups>\d+))?$")
 _SKIP_KEY = re.compile(r"^skip_c(?P<channels>\d+)_r(?P<in_size>\d+)_b(?P<batch>\d+)$")
+_SKIP_CONV_KEY = re.compile(
+    r"^skip_i(?P<in_channels>\d+)_o(?P<out_channels>\d+)_s(?P<stride>\d+)_r(?P<in_size>\d+)"
+    r"_w(?P<weight_bits>\d+)_a(?P<act_bits>\d+)_b(?P<batch>\d+)$")
 
 
 @dataclass(frozen=True, order=True)
@@ -39,13 +42,18 @@ class BlockSignature(Batched, BlockShape):
 
     @property
     def key(self) -> str:
-        """``block_i16_o24_e6_k3_s2_r32_w32_a32_b1`` (``_res`` with the residual add) or
-        ``skip_c16_r32_b1``."""
-        if self.kind == "skip":
+        """``block_i16_o24_e6_k3_s2_r32_w32_a32_b1`` (``_res`` with the residual add, then
+        ``_g2`` with grouped 1x1 convs), ``skip_c16_r32_b1`` (the identity) or
+        ``skip_i16_o24_s2_r32_w32_a32_b1`` (a 1x1 conv skip)."""
+        if self.identity:
             return f"skip_c{self.in_channels}_r{self.in_size}_b{self.batch}"
+        if self.kind == "skip":
+            return (f"skip_i{self.in_channels}_o{self.out_channels}_s{self.stride}"
+                    f"_r{self.in_size}_w{self.weight_bits}_a{self.act_bits}_b{self.batch}")
         return (f"block_i{self.in_channels}_o{self.out_channels}_e{self.expand:g}_k{self.kernel}"
                 f"_s{self.stride}_r{self.in_size}_w{self.weight_bits}_a{self.act_bits}"
-                f"_b{self.batch}" + ("_res" if self.residual else ""))
+                f"_b{self.batch}" + ("_res" if self.residual else "")
+                + (f"_g{self.groups}" if self.groups != 1 else ""))
 
     @classmethod
     def parse(cls, key: str) -> BlockSignature:
@@ -53,23 +61,36 @@ class BlockSignature(Batched, BlockShape):
         if m:
             c, r, b = (int(m[g]) for g in ("channels", "in_size", "batch"))
             return cls("skip", c, c, 0, 0, 1, r, batch=b)
+        m = _SKIP_CONV_KEY.match(key)
+        if m:
+            i, o, s, r, w, a, b = (int(m[g]) for g in (
+                "in_channels", "out_channels", "stride", "in_size", "weight_bits", "act_bits",
+                "batch"))
+            return cls("skip", i, o, 0, 0, s, r, w, a, batch=b)
         m = _BLOCK_KEY.match(key)
         if m is None:
             raise SignatureError(f"{key!r} is not a block key; block keys look like "
-                                 "'block_i16_o24_e6_k3_s2_r32_w32_a32_b1' (optionally '_res') "
-                                 "or 'skip_c16_r32_b1'")
+                                 "'block_i16_o24_e6_k3_s2_r32_w32_a32_b1' (optionally '_res', "
+                                 "then '_g2'), 'skip_c16_r32_b1' or "
+                                 "'skip_i16_o24_s2_r32_w32_a32_b1'")
         e = float(m["expand"])
         return cls("block", int(m["in_channels"]), int(m["out_channels"]),
                    int(e) if e.is_integer() else e,
                    *(int(m[g]) for g in ("kernel", "stride", "in_size", "weight_bits",
                                          "act_bits")),
-                   batch=int(m["batch"]), residual=m["res"] is not None)
+                   batch=int(m["batch"]), residual=m["res"] is not None,
+                   groups=int(m["groups"] or 1))
 
     def describe(self) -> str:
-        if self.kind == "skip":
+        if self.identity:
             return (f"skip (identity) of {self.in_channels} channels on {self.in_size}x"
                     f"{self.in_size}px, batch {self.batch}")
-        return (f"block {self.in_channels}->{self.out_channels} expand {self.expand:g} "
+        if self.kind == "skip":
+            return (f"skip (1x1 conv) {self.in_channels}->{self.out_channels} s{self.stride} "
+                    f"on {self.in_size}x{self.in_size}px, {self.weight_bits}-bit weights, "
+                    f"{self.act_bits}-bit activations, batch {self.batch}")
+        groups = f" in {self.groups} groups" if self.groups != 1 else ""
+        return (f"block {self.in_channels}->{self.out_channels} expand {self.expand:g}{groups} "
                 f"k{self.kernel} s{self.stride}{' +residual' if self.residual else ''} on "
                 f"{self.in_size}x{self.in_size}px, {self.weight_bits}-bit weights, "
                 f"{self.act_bits}-bit activations, batch {self.batch}")
@@ -96,11 +117,11 @@ class PricedSlot:
 
     name: str
     keys: tuple[str, ...]
-    runs_if: tuple[tuple[str, int], ...]
+    runs_if: tuple[Condition, ...]
     signature: Callable[[Mapping[str, Number]], Signature]
 
     def runs(self, values: Mapping[str, Number]) -> bool:
-        return all(values[k] >= m for k, m in self.runs_if)
+        return holds(self.runs_if, values)
 
     def signatures(self, space: SearchSpace) -> Iterator[tuple[tuple[int, ...], Signature]]:
         """Every ``(choice indices, signature)`` over the product of its keys' choices."""
@@ -175,7 +196,8 @@ def member_signatures(space: SearchSpace, slots: list[PricedSlot], arch: ArchCon
 
 
 def layer_count(sig: Signature) -> int:
-    """Layers a signature stands for: 3 for a block, 0 for a taken skip, 1 for a layer."""
+    """Layers a signature stands for: 3 for a block, 0 for an identity skip, 1 for a layer or
+    a 1x1 conv skip."""
     if isinstance(sig, BlockSignature):
-        return 0 if sig.kind == "skip" else 3
+        return 3 if sig.kind == "block" else 0 if sig.identity else 1
     return 1

@@ -22,7 +22,7 @@ KINDS = LAYER_KINDS
 _KEY = re.compile(
     r"^(?P<kind>[a-z]+)_i(?P<in_channels>\d+)_o(?P<out_channels>\d+)_k(?P<kernel>\d+)"
     r"_s(?P<stride>\d+)_r(?P<in_size>\d+)_w(?P<weight_bits>\d+)_a(?P<act_bits>\d+)"
-    r"_b(?P<batch>\d+)(?P<noact>_noact)?$"
+    r"_b(?P<batch>\d+)(?P<noact>_noact)?(_g(?P<group>\d+))?$"
 )
 
 
@@ -57,11 +57,12 @@ class OpSignature(Batched, Layer):
     @property
     def key(self) -> str:
         """A stable string key, e.g. ``conv_i16_o32_k3_s1_r28_w8_a8_b1`` (``_noact`` appended
-        for a conv without activation)."""
+        for a conv without activation, then ``_g2`` for a conv in 2 groups)."""
         key = (f"{self.kind}_i{self.in_channels}_o{self.out_channels}_k{self.kernel}"
                f"_s{self.stride}_r{self.in_size}_w{self.weight_bits}_a{self.act_bits}"
                f"_b{self.batch}")
-        return key + ("_noact" if self.kind != "linear" and not self.activation else "")
+        key += "_noact" if self.kind != "linear" and not self.activation else ""
+        return key + (f"_g{self.group}" if self.group != 1 else "")
 
     @classmethod
     def parse(cls, key: str) -> OpSignature:
@@ -69,11 +70,12 @@ class OpSignature(Batched, Layer):
         m = _KEY.match(key)
         if m is None:
             raise SignatureError(f"{key!r} is not a signature key; keys look like "
-                                 "'conv_i16_o32_k3_s1_r28_w8_a8_b1' (optionally '_noact')")
+                                 "'conv_i16_o32_k3_s1_r28_w8_a8_b1' (optionally '_noact', "
+                                 "then '_g2' for a grouped conv)")
         values = m.groupdict()
-        noact, kind = values.pop("noact"), values.pop("kind")
+        noact, kind, group = values.pop("noact"), values.pop("kind"), values.pop("group")
         return cls(kind, **{k: int(v) for k, v in values.items()},
-                   activation=kind != "linear" and noact is None)
+                   activation=kind != "linear" and noact is None, group=int(group or 1))
 
     def with_bits(self, weight_bits: int | None = None, act_bits: int | None = None
                   ) -> OpSignature:
@@ -87,6 +89,7 @@ class OpSignature(Batched, Layer):
         """Human-readable, for error messages."""
         act = "" if self.kind == "linear" else (" +act" if self.activation else " no act")
         k = "" if self.kind == "linear" else f" k{self.kernel} s{self.stride}"
+        k += f" in {self.group} groups" if self.group != 1 else ""
         return (f"{self.kind} {self.in_channels}->{self.out_channels}{k} on "
                 f"{self.in_size}x{self.in_size}px, {self.weight_bits}-bit weights, "
                 f"{self.act_bits}-bit activations, batch {self.batch}{act}")
@@ -140,7 +143,7 @@ def space_fingerprint(space: SearchSpace) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-STAGE_DEFAULTS = {"per_block": False, "skip": False}
+STAGE_DEFAULTS = {"per_block": False, "skip": False, "grouped": None}
 
 
 def _without_defaults(d: dict, defaults: dict) -> dict:

@@ -46,27 +46,32 @@ class ElasticConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
 
-    def _weight(self, cin: int, out: Choice, kernel: Choice, bits: Choice) -> torch.Tensor:
+    def _weight(self, cin: int, out: Choice, kernel: Choice, bits: Choice,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         w = mixed_weight(self.weight, bits)  # quantize first: the scale sees the whole tensor
         cout = cin if self.depthwise else width_of(out, self.weight.shape[0])
         if cout < w.shape[0]:  # slice only when smaller: a full slice costs a copy in backward
             w = w[:cout]
         if not self.depthwise and cin < w.shape[1]:
             w = w[:, :cin]
+        if mask is not None:  # (out, in) connectivity, e.g. grouped 1x1 convs
+            w = w * mask[:w.shape[0], :w.shape[1], None, None].to(w.dtype)
         if isinstance(kernel, Mix):
             return w * kernel_mask(kernel, self.kernel_size, w)
         return centre_crop(w, int(kernel))
 
-    def forward(self, x: torch.Tensor, out: Choice, kernel: Choice, bits: Choice) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: Choice, kernel: Choice, bits: Choice,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         cin = x.shape[1]
-        w = self._weight(cin, out, kernel, bits)
+        w = self._weight(cin, out, kernel, bits, mask)
         groups = cin if self.depthwise else 1
         return F.conv2d(x, w, stride=self.stride, padding=w.shape[-1] // 2, groups=groups)
 
     @torch.no_grad()
-    def static(self, cin: int, out: int, kernel: int, bits: int) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` holding the sliced, already-quantized weight."""
-        w = self._weight(cin, out, kernel, bits)
+    def static(self, cin: int, out: int, kernel: int, bits: int,
+               mask: torch.Tensor | None = None) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding the sliced, already-quantized (and masked) weight."""
+        w = self._weight(cin, out, kernel, bits, mask)
         conv = nn.Conv2d(cin, w.shape[0], int(kernel), self.stride, int(kernel) // 2,
                          groups=cin if self.depthwise else 1, bias=False)
         conv.weight.copy_(w)

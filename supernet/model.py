@@ -14,7 +14,7 @@ from timm.layers import create_act_layer
 from torch import nn
 
 from supernet.arch import ArchConfig
-from supernet.blocks import BlockChoice, ElasticStage, ExitHead, mid_channels
+from supernet.blocks import BlockChoice, ElasticStage, ExitHead, group_choice, mid_channels
 from supernet.elastic import ElasticConv2d
 from supernet.mix import Choice, Mix
 from supernet.space import SearchSpace
@@ -65,8 +65,9 @@ class SuperNet(nn.Module):
         for b in blocks[:n]:
             mid = mid_channels(value(resolved, b.in_width), resolved[b.expand],
                                self.space.channel_divisor)
+            groups = group_choice(b, resolved[b.dense], resolved[b.expand]) if b.dense else 1
             out.append(BlockChoice(mid, resolved[b.width], resolved[b.kernel], resolved[b.wbits],
-                                   resolved[b.abits], value(resolved, b.run, 1)))
+                                   resolved[b.abits], value(resolved, b.run, 1), groups))
         return out
 
     def in_width(self, resolved: Mapping[str, Choice], stage: int) -> Choice:

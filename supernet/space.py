@@ -16,17 +16,19 @@ from typing import Any
 
 import torch
 import yaml
+from timm.layers import make_divisible
 
 from supernet.arch import ArchConfig, Number
 from supernet.mix import Choice, Mix
 from supernet.topology import BlockKeys
 
 DECISION_KINDS = ("width", "depth", "expand", "kernel", "wbits", "abits")
-BLOCK_KINDS = ("expand", "kernel", "run")  # decided per block with per_block / skip
+BLOCK_KINDS = ("expand", "kernel", "run", "dense")  # per block with per_block / skip / grouped
 STAGE_FIELDS = {
     "arch", "widths", "depths", "expand_ratios", "kernel_sizes", "stride",
-    "weight_bits", "act_bits", "per_block", "skip",
+    "weight_bits", "act_bits", "per_block", "skip", "grouped",
 }
+GROUPED_FIELDS = {"groups", "expand"}
 TOP_FIELDS = {
     "name", "input_channels", "input_size", "num_classes", "act", "channel_divisor",
     "stem", "stages", "exits", "weight_bits", "act_bits", "drop_path", "head",
@@ -62,7 +64,18 @@ class StageSpec:
     weight_bits: tuple[int, ...]
     act_bits: tuple[int, ...]
     per_block: bool = False  # expand and kernel decided per block, not per stage
-    skip: bool = False  # a skip (identity) choice for every block where the identity fits
+    skip: bool = False  # a skip choice for every block: the identity, or a 1x1 conv
+    grouped: Grouped | None = None  # a grouped-1x1-convs choice at one expansion
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """FBNet's grouped candidates: at expansion ``expand`` a block may run both of its 1×1 convs
+    in ``groups`` groups, with a channel shuffle between them. Decided by a ``dense`` decision
+    (0: grouped, 1: dense); at any other expansion the block is dense whatever it says."""
+
+    groups: int
+    expand: Number
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,8 @@ class SearchSpace:
         if not isinstance(self.first_block_residual, bool):
             raise SpaceError(f"first_block_residual: must be true or false, got "
                              f"{self.first_block_residual!r}")
+        for i in range(1, len(self.stages) + 1):
+            self._check_grouped(i)
         self.decisions = self._build_decisions()
         self._by_key = {d.key: d for d in self.decisions}
         self.blocks = self._build_blocks()
@@ -132,10 +147,34 @@ class SearchSpace:
                 if st.per_block:
                     out.append(Decision(p + "expand", "expand", st.expand_ratios, i))
                     out.append(Decision(p + "kernel", "kernel", st.kernel_sizes, i))
-                if st.skip and self._identity_fits(i, j):
+                if st.grouped:
+                    per = p if st.per_block else f"stage{i}."
+                    if j == 1 or st.per_block:
+                        out.append(Decision(per + "dense", "dense", (0, 1), i))
+                if st.skip:
                     out.append(Decision(p + "run", "run", (0, 1), i))
         out.append(Decision("exit", "exit", self.exit_stages))
         return tuple(out)
+
+    def _check_grouped(self, stage: int) -> None:
+        """Grouped 1x1 convs need fixed widths that the groups divide (in, hidden and out)."""
+        st = self.stages[stage - 1]
+        if st.grouped is None:
+            return
+        where = f"stages[{stage - 1}].grouped"
+        src = self.stem.channels if stage == 1 else self.stages[stage - 2].widths
+        ins = (src,) if isinstance(src, int) else src
+        if len(ins) != 1 or len(st.widths) != 1:
+            raise SpaceError(f"{where}: grouped convs need one fixed width for the stage and its "
+                             f"input, got widths {list(st.widths)} after {list(ins)}")
+        g = st.grouped.groups
+        for name, c in (("input width", ins[0]), ("width", st.widths[0]),
+                        ("hidden width", make_divisible(ins[0] * st.grouped.expand,
+                                                        self.channel_divisor)),
+                        ("hidden width", make_divisible(st.widths[0] * st.grouped.expand,
+                                                        self.channel_divisor))):
+            if c % g:
+                raise SpaceError(f"{where}: {g} groups do not divide the {name} {c}")
 
     def _identity_fits(self, stage: int, index: int) -> bool:
         """Whether block ``index`` of ``stage`` keeps its input's shape whatever the decisions
@@ -154,6 +193,7 @@ class SearchSpace:
             for j in range(1, st.depths[-1] + 1):
                 b = f"{p}block{j}."
                 per = b if st.per_block else p
+                grouped = st.grouped
                 out.append(BlockKeys(
                     name=f"{p}block{j}", stage=i, index=j,
                     in_width=self.stage_in_width(i) if j == 1 else p + "width",
@@ -162,6 +202,10 @@ class SearchSpace:
                     run=(b + "run") if (b + "run") in self._by_key else None,
                     stride=st.stride if j == 1 else 1,
                     residual=j > 1 or (self.first_block_residual and self._identity_fits(i, 1)),
+                    skip_conv=st.skip and not self._identity_fits(i, j),
+                    dense=(per + "dense") if grouped else None,
+                    groups=grouped.groups if grouped else 1,
+                    grouped_expand=grouped.expand if grouped else None,
                 ))
         return tuple(out)
 
@@ -375,6 +419,7 @@ def _parse_stage(spec: Any, where: str, default_bits: Mapping[str, Any]) -> Stag
                              f"arch string's {largest[kind]} ({spec['arch']!r})")
         return values
 
+    expand_ratios = choices("expand_ratios", "expand", integer=False)
     kernels = choices("kernel_sizes", "kernel")
     for k in kernels:
         _odd_kernel(k, f"{where}.kernel_sizes")
@@ -384,7 +429,7 @@ def _parse_stage(spec: Any, where: str, default_bits: Mapping[str, Any]) -> Stag
     return StageSpec(
         widths=choices("widths", "width"),
         depths=choices("depths", "depth"),
-        expand_ratios=choices("expand_ratios", "expand", integer=False),
+        expand_ratios=expand_ratios,
         kernel_sizes=kernels,
         stride=_pos_int(stride, f"{where}.stride"),
         weight_bits=_bits(spec.get("weight_bits", default_bits["weight_bits"]),
@@ -392,7 +437,24 @@ def _parse_stage(spec: Any, where: str, default_bits: Mapping[str, Any]) -> Stag
         act_bits=_bits(spec.get("act_bits", default_bits["act_bits"]), f"{where}.act_bits"),
         per_block=_flag(spec, "per_block", where),
         skip=_flag(spec, "skip", where),
+        grouped=_parse_grouped(spec.get("grouped"), f"{where}.grouped", expand_ratios),
     )
+
+
+def _parse_grouped(spec: Any, where: str, expand_ratios: tuple[Number, ...]) -> Grouped | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{where}: must be a mapping like {{groups: 2, expand: 1}}, got {spec!r}")
+    _check_keys(spec, GROUPED_FIELDS, where)
+    groups = _pos_int(spec.get("groups"), f"{where}.groups")
+    if groups < 2:
+        raise SpaceError(f"{where}.groups: a grouped choice needs 2 or more groups, got {groups}")
+    expand = spec.get("expand")
+    if expand not in expand_ratios:
+        raise SpaceError(f"{where}.expand: {expand!r} is not one of the stage's expand_ratios "
+                         f"{list(expand_ratios)}")
+    return Grouped(groups, expand)
 
 
 def _parse_exits(exits: Any, num_stages: int) -> tuple[int, ...]:

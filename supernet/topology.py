@@ -14,9 +14,12 @@ from dataclasses import dataclass
 class BlockKeys:
     """One block position: the decision key of each setting, or a constant.
 
-    ``run`` is the key of a skip decision (0: the block is the identity, 1: it runs), None when
-    the block always runs once its stage is deep enough (``depth >= index``). ``residual``: the
-    block adds its input to its output (shapes allow it whatever the decisions).
+    ``run`` is the key of a skip decision (0: the block is skipped, 1: it runs), None when
+    the block always runs once its stage is deep enough (``depth >= index``); a skipped block is
+    the identity, or a 1x1 conv with the stride where the identity does not fit
+    (``skip_conv``). ``residual``: the block adds its input to its output (shapes allow it
+    whatever the decisions). ``dense`` is the key of a grouped-convs decision (0: both 1x1 convs
+    in ``groups`` groups, 1: dense), which applies only at expansion ``grouped_expand``.
     """
 
     name: str  # "stage2.block1"
@@ -32,12 +35,24 @@ class BlockKeys:
     run: str | None
     stride: int
     residual: bool
+    skip_conv: bool = False
+    dense: str | None = None
+    groups: int = 1
+    grouped_expand: float | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
         """Every decision key that shapes the block (not depth, exit or run), without repeats."""
-        ks = (self.in_width, self.expand, self.kernel, self.width, self.wbits, self.abits)
+        ks = (self.in_width, self.expand, self.kernel, self.width, self.wbits, self.abits,
+              self.dense)
         return tuple(dict.fromkeys(k for k in ks if isinstance(k, str)))
+
+
+def block_groups(keys: BlockKeys, dense, expand) -> int:
+    """The group count of a block's 1x1 convs at concrete ``dense`` and ``expand`` values."""
+    if keys.dense is None or int(dense) or expand != keys.grouped_expand:
+        return 1
+    return keys.groups
 
 
 def value(values, key: str | int | None, default=None):
