@@ -5,16 +5,17 @@ The file is JSON: ``{"units": {"latency": "ms", "energy": "mJ"}, "<device>": {"<
 input size in pixels and every layer in float:
 
 - ``ConvBlock_H_W_Cin_Cout_exp_kernel_stride_group``: a whole inverted-residual block (1x1
-  expand, k×k depthwise with the stride, 1x1 project; residual when Cin == Cout and stride 1);
-- ``Skip_H_W_Cin_Cout_stride``: a skip choice (the identity when Cin == Cout and stride 1);
+  expand, k×k depthwise with the stride, 1x1 project; residual when Cin == Cout and stride 1;
+  group > 1: both 1x1 convs grouped, a channel shuffle between them);
+- ``Skip_H_W_Cin_Cout_stride``: a skip choice (the identity when Cin == Cout and stride 1, else
+  a 1x1 conv with the stride);
 - ``ConvNorm_H_W_Cin_Cout_kernel_stride``: conv → BN → activation (the stem and the head conv);
 - ``AvgP_H_W_C`` and ``FC_Cin_Cout``: global pooling and the classifier, summed into hwnas's
   one ``linear`` entry.
 
-A network's figure is the sum of its entries. Grouped blocks (group > 1) and skips that change
-shape (a 1x1 conv) are not in any hwnas space: like rows a space never runs, they are refused
-unless ``--ignore-unused`` drops them. Duplicate keys, unknown key forms, devices, metrics and
-units are one-line errors; missing entries are counted and written as a template to fill in.
+A network's figure is the sum of its entries. Rows the space never runs are refused unless
+``--ignore-unused`` drops them. Duplicate keys, unknown key forms, devices, metrics and units
+are one-line errors; missing entries are counted and written as a template to fill in.
 """
 
 from __future__ import annotations
@@ -125,17 +126,11 @@ def to_signatures(values: dict[str, float], column: str
         form, n = parse_hw_key(key)
         if form == "ConvBlock":
             h, _, cin, cout, exp, k, s, g = n
-            if g != 1:
-                unrunnable.append(key)
-                continue
             put(BlockSignature("block", cin, cout, exp, k, s, h,
-                               residual=cin == cout and s == 1), value, key)
+                               residual=cin == cout and s == 1, groups=g), value, key)
         elif form == "Skip":
             h, _, cin, cout, s = n
-            if cin != cout or s != 1:
-                unrunnable.append(key)
-                continue
-            put(BlockSignature("skip", cin, cin, 0, 0, 1, h), value, key)
+            put(BlockSignature("skip", cin, cout, 0, 0, s, h), value, key)
         elif form == "ConvNorm":
             h, _, cin, cout, k, s = n
             put(OpSignature("conv", cin, cout, k, s, h), value, key)
@@ -159,9 +154,9 @@ def hw_keys(sig: Signature) -> list[str]:
     r = sig.in_size
     if isinstance(sig, BlockSignature):
         if sig.kind == "skip":
-            return [f"Skip_{r}_{r}_{sig.in_channels}_{sig.in_channels}_1"]
+            return [f"Skip_{r}_{r}_{sig.in_channels}_{sig.out_channels}_{sig.stride}"]
         return [f"ConvBlock_{r}_{r}_{sig.in_channels}_{sig.out_channels}_{sig.expand:g}_"
-                f"{sig.kernel}_{sig.stride}_1"]
+                f"{sig.kernel}_{sig.stride}_{sig.groups}"]
     if sig.kind == "linear":
         return [f"AvgP_{r}_{r}_{sig.in_channels}", f"FC_{sig.in_channels}_{sig.out_channels}"]
     return [f"ConvNorm_{r}_{r}_{sig.in_channels}_{sig.out_channels}_{sig.kernel}_{sig.stride}"]
@@ -175,8 +170,8 @@ def import_hw_nas_bench(path: str | Path, device: str, metric: str, space: Searc
     column, canonical, _ = METRICS[metric]
     entries, unrunnable = to_signatures(values, column)
     if unrunnable and not ignore_unused:
-        raise TableError(f"{len(unrunnable)} of {len(values)} entries describe blocks no hwnas "
-                         f"space runs (grouped convs, skips that change shape): "
+        raise TableError(f"{len(unrunnable)} of {len(values)} entries describe layers no hwnas "
+                         f"space runs (a pooling without a classifier or the reverse): "
                          f"{', '.join(unrunnable[:4])}{' …' if len(unrunnable) > 4 else ''}; "
                          "pass --ignore-unused to drop them")
     note = (f"{metric} of device {device!r} in {unit}" + (f", × {factor:g} to {canonical}"

@@ -267,16 +267,16 @@ def _block_layer_builder(space: SearchSpace, name: str, op: str, b: BlockKeys, i
                          ) -> Callable[[Mapping[str, Number]], LayerShape]:
     def build(v: Mapping[str, Number]) -> LayerShape:
         cin = int(value(v, b.in_width))
-        mid = int(mid_channels(cin, v[b.expand], space.channel_divisor))
         bits = {"weight_bits": int(v[b.wbits]), "act_bits": int(v[b.abits]), "name": name}
-        group = block_groups(b, v[b.dense], v[b.expand]) if b.dense else 1
+        if op == "skip":
+            return LayerShape("conv", cin, int(v[b.width]), 1, b.stride, in_size, **bits,
+                              activation=False)
+        mid = int(mid_channels(cin, v[b.expand], space.channel_divisor))
+        group = block_groups(b, v[b.dense], v[b.expand]) if b.dense and op != "dw" else 1
         if op == "pw":
             return LayerShape("conv", cin, mid, 1, 1, in_size, **bits, group=group)
         if op == "dw":
             return LayerShape("dwconv", mid, mid, int(v[b.kernel]), b.stride, in_size, **bits)
-        if op == "skip":
-            return LayerShape("conv", cin, int(v[b.width]), 1, b.stride, in_size, **bits,
-                              activation=False)
         return LayerShape("conv", mid, int(v[b.width]), 1, 1, in_size, **bits,
                           activation=False, group=group)
 

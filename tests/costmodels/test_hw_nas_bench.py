@@ -53,25 +53,39 @@ def by_hand(space, entries, arch) -> float:
     total = entries[f"ConvNorm_{space.input_size}_{space.input_size}_3_16_3_1"]
     for b in space.blocks:
         cin = b.in_width if isinstance(b.in_width, int) else v[b.in_width]
-        if b.run and v[b.run] == 0:
-            total += entries[f"Skip_{size}_{size}_{cin}_{cin}_1"]
-        else:
+        if b.run and v[b.run] == 0:  # the identity, or a 1x1 conv where shapes change
+            total += entries[f"Skip_{size}_{size}_{cin}_{v[b.width]}_{b.stride}"]
+        else:  # FBNet's grouped candidates: 2 groups, only at expansion 1
+            groups = 2 if v[b.dense] == 0 and v[b.expand] == 1 else 1
             total += entries[f"ConvBlock_{size}_{size}_{cin}_{v[b.width]}_{v[b.expand]}_"
-                             f"{v[b.kernel]}_{b.stride}_1"]
+                             f"{v[b.kernel]}_{b.stride}_{groups}"]
         size = -(-size // b.stride)
     return (total + entries[f"ConvNorm_{size}_{size}_352_1504_1_1"]
             + entries[f"AvgP_{size}_{size}_1504"] + entries["FC_1504_100"])
 
 
+def by_hand_form(space, b, arch) -> str:
+    v = space.validate(arch)
+    if v[b.run] == 0:
+        return "skip"
+    return "grouped" if v[b.dense] == 0 and v[b.expand] == 1 else "dense"
+
+
 @pytest.mark.parametrize("device", ["pixel3", "fpga"])
 def test_member_cost_is_the_sum_of_its_block_entries(tmp_path, capsys, data, space, device):
-    assert run(tmp_path, EXAMPLE, "--ignore-unused", device=device) == 0
+    assert run(tmp_path, EXAMPLE, device=device) == 0
     assert "covers every member" in capsys.readouterr().out
     table = CostTable.load(tmp_path / "t.json")
     assert table.meta.target == device and "in ms" in table.meta.notes
     cost = ExpectedCost(space, table)
     rng = random.Random(0)
-    for arch in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(40)]:
+    all_grouped = space.smallest().replace(**{b.run.replace(".", "__"): 1 for b in space.blocks})
+    archs = [space.largest(), space.smallest(), all_grouped] + [
+        space.sample(rng) for _ in range(40)]
+    # every block position takes each of its forms in some member: grouped, dense, skipped
+    forms = {(b.name, by_hand_form(space, b, a)) for a in archs for b in space.blocks}
+    assert len(forms) == sum(3 if b.dense else 2 for b in space.blocks)
+    for arch in archs:
         want = by_hand(space, data[device]["latency"], arch)
         assert table_cost(space, table, arch) == pytest.approx(want, rel=1e-12)
         assert cost(space.one_hot(arch)).item() == cost.concrete(arch)
@@ -88,9 +102,16 @@ def test_units_are_converted_and_stated(tmp_path, data, space):
     assert "in us, × 0.001 to ms" in table.meta.notes
 
 
-def test_grouped_blocks_are_refused_unless_dropped_on_purpose(tmp_path, capsys):
-    refused(capsys, run(tmp_path, EXAMPLE), "entries describe blocks no hwnas space runs",
-            "_2", "--ignore-unused")
+def test_rows_the_space_never_runs_are_refused_unless_dropped_on_purpose(tmp_path, capsys,
+                                                                        data, space):
+    extra = json.loads(json.dumps(data))
+    extra["pixel3"]["latency"]["ConvBlock_32_32_16_16_1_3_1_4"] = 1.0  # 4 groups: not offered
+    path = write(tmp_path, extra)
+    refused(capsys, run(tmp_path, path), "--ignore-unused")
+    assert run(tmp_path, path, "--ignore-unused") == 0
+    table = CostTable.load(tmp_path / "t.json")
+    assert table_cost(space, table, space.largest()) == pytest.approx(
+        by_hand(space, data["pixel3"]["latency"], space.largest()), rel=1e-12)
 
 
 def test_missing_entries_are_counted_with_a_template_and_a_valid_command(tmp_path, capsys,
@@ -98,13 +119,14 @@ def test_missing_entries_are_counted_with_a_template_and_a_valid_command(tmp_pat
     partial = {"units": data["units"], "pixel3": {"latency": {
         k: v for k, v in data["pixel3"]["latency"].items() if not k.startswith("ConvBlock_4_")}}}
     path = write(tmp_path, partial)
-    err = refused(capsys, run(tmp_path, path, "--ignore-unused"), "the table lacks 12 of the",
-                  "and 7 more", f"hwnas costs import --hw-nas-bench {path} --device pixel3 "
-                  f"--metric latency --space {SPACE} --out {tmp_path / 't.json'} --ignore-unused")
+    # the 4x4 blocks: two shapes (184->184, 184->352) x 2 kernels x (3 dense + 1 grouped)
+    err = refused(capsys, run(tmp_path, path), "the table lacks 16 of the",
+                  "and 11 more", f"hwnas costs import --hw-nas-bench {path} --device pixel3 "
+                  f"--metric latency --space {SPACE} --out {tmp_path / 't.json'}` again")
     template = json.loads((tmp_path / "t.missing.json").read_text())
     assert sorted(template["pixel3"]["latency"]) == sorted(
-        k for k in data["pixel3"]["latency"] if k.startswith("ConvBlock_4_") and
-        k.endswith("_1")) and str(tmp_path / "t.missing.json") in err
+        k for k in data["pixel3"]["latency"] if k.startswith("ConvBlock_4_")
+    ) and str(tmp_path / "t.missing.json") in err
 
 
 @pytest.mark.parametrize(("change", "fragment"), [
