@@ -70,9 +70,10 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class Grouped:
-    """FBNet's grouped candidates: at expansion ``expand`` a block may run both of its 1×1 convs
-    in ``groups`` groups, with a channel shuffle between them. Decided by a ``dense`` decision
-    (0: grouped, 1: dense); at any other expansion the block is dense whatever it says."""
+    """FBNet's grouped candidates: at expansion ``expand`` (the stage's smallest, so a grouped
+    block nests under every other) a block may run both of its 1×1 convs in ``groups`` groups,
+    with a channel shuffle between them. Decided by a ``dense`` decision (0: grouped, 1:
+    dense); at any other expansion the block is dense whatever it says."""
 
     groups: int
     expand: Number
@@ -451,9 +452,9 @@ def _parse_grouped(spec: Any, where: str, expand_ratios: tuple[Number, ...]) -> 
     if groups < 2:
         raise SpaceError(f"{where}.groups: a grouped choice needs 2 or more groups, got {groups}")
     expand = spec.get("expand")
-    if expand not in expand_ratios:
-        raise SpaceError(f"{where}.expand: {expand!r} is not one of the stage's expand_ratios "
-                         f"{list(expand_ratios)}")
+    if expand != expand_ratios[0]:  # nested: a grouped block ⊆ the dense one ⊆ a wider one
+        raise SpaceError(f"{where}.expand: grouped convs are offered at the stage's smallest "
+                         f"expand ratio {expand_ratios[0]}, got {expand!r}")
     return Grouped(groups, expand)
 
 

@@ -187,3 +187,28 @@ def test_budget_anchors_bring_members_closer_below_budgets_on_the_tiny_space(tin
             anchored.append(fam[fam.budget_picks[f"{METRIC}<={b:g}"]].costs[METRIC] / b)
             plain.append(max(c(a) for a in path if c(a) <= b) / b)
     assert max(anchored) <= 1 and sum(anchored) > sum(plain)
+
+
+def test_a_family_of_the_fbnet_shaped_space_has_no_aliases_of_one_network():
+    """Grouped-convs decisions at an expansion without a grouped candidate change nothing;
+    the chain writes them as dense (1), so no two members are the same network."""
+    from pathlib import Path
+
+    from nas.family.chain import canonical
+    from supernet import SearchSpace
+
+    space = SearchSpace.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "spaces"
+                                  / "fbnet_tiny.yaml")
+    table = build_analytic_table(space, "edgetpu")
+    for seed in range(3):
+        fam = build_family(space, skewed(space, seed), table, members=8, start="argmax")
+        configs = [m.config for m in fam.members]
+        assert_chain(space, table, configs)
+        assert all(canonical(space, a) == a for a in configs)
+        for a in configs:
+            for b in space.blocks:
+                if b.dense and a[b.expand] != b.grouped_expand and b.stage <= a["exit"]:
+                    assert a[b.dense] == 1
+    idle = space.largest().replace(**{b.dense.replace(".", "__"): 0 for b in space.blocks
+                                      if b.dense})  # expansion 3 or 6: nothing is grouped
+    assert canonical(space, idle) == space.largest()

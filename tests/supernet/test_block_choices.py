@@ -155,9 +155,10 @@ def test_bad_options_name_the_field():
     for grouped, message in [
         ({"groups": 3, "expand": 1}, r"stages\[1\].grouped: 3 groups do not divide the input "
                                      "width 8"),
-        ({"groups": 2, "expand": 2}, r"stages\[1\].grouped.expand: 2 is not one of"),
+        ({"groups": 2, "expand": 3}, r"stages\[1\].grouped.expand: grouped convs are offered "
+                                     "at the stage's smallest expand ratio 1, got 3"),
         ({"groups": 1, "expand": 1}, "needs 2 or more groups"),
-        ({"groups": 2}, "expand: None is not one of"),
+        ({"groups": 2}, "smallest expand ratio 1, got None"),
     ]:
         with pytest.raises(SpaceError, match=message):
             SearchSpace({**base, "stages": [base["stages"][0], {**stage, "grouped": grouped},
