@@ -18,7 +18,16 @@ from onnx import numpy_helper
 
 from costmodels.analytic import weight_bytes
 from costmodels.signature import OpSignature
-from deploy import lower_member, trained_weight_quant, write_member
+from deploy import (
+    FamilyFile,
+    FamilyRuntime,
+    MemberRecord,
+    lower_member,
+    member_bn_state,
+    trained_weight_quant,
+    write_family,
+    write_member,
+)
 from deploy.member_file import relower_member
 from supernet import SearchSpace, extract
 from supernet.blocks import StaticSkipConv
@@ -247,3 +256,30 @@ def test_onnx_weight_bytes_are_the_cost_models_layer_by_layer(fbnet, case, tmp_p
             assert rows[name]["weight_bytes"] == cost + 4 * layer.out_channels, name
     assert json.loads(json.dumps(relower_member(tmp_path / "m"))) == \
         json.loads((tmp_path / "m" / "config.json").read_text())
+
+
+def test_a_family_of_grouped_and_skip_conv_members_round_trips(fbnet, tmp_path):
+    """The family file keeps a skip conv's and a grouped block's weights and each member's own
+    batch-norm statistics (the skip's ``stages.1.0.bn`` too)."""
+    net, _, _ = member(fbnet, "skip-conv+grouped-4bit")
+    records, statics = [], []
+    for i, case in enumerate(["skip-conv+grouped-4bit", "grouped+head-8bit"]):
+        config = member(fbnet, case)[1]
+        static = extract(net, config).eval()
+        with torch.no_grad():
+            for m in static.modules():  # statistics of its own, as recalibration gives
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_()
+        records.append(MemberRecord(case, config, {"latency_ms": float(i)}, {},
+                                    member_bn_state(static)))
+        statics.append(static)
+    assert "stages.1.0.bn.running_mean" in records[0].bn
+    path = write_family(FamilyFile(fbnet.spec, net.state_dict(), records, "latency_ms"),
+                        tmp_path / "family.pt")
+    runtime = FamilyRuntime.load(path)
+    x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(3))
+    for rec, static in zip(records, statics, strict=True):
+        runtime.set_member(rec.name)
+        assert kinds(runtime.module) == kinds(static)
+        with torch.no_grad():
+            assert all(torch.equal(a, b) for a, b in zip(runtime(x), static(x), strict=True))
