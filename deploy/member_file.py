@@ -83,18 +83,21 @@ def load_weight_quant(member_dir: str | Path) -> dict[str, WeightQuant]:
 
 def layer_table(static: StaticNet, weight_quant: Mapping[str, WeightQuant]
                 ) -> list[dict[str, Any]]:
-    """Per layer of ``static``: name, kind, weight bits, activation (input) bits and, when
-    quantized, the trained per-output-channel weight scale."""
+    """Per layer of ``static``: name, kind, weight bits, activation (input) bits, ``groups``
+    of a grouped conv and, when quantized, the trained per-output-channel weight scale."""
     rows = [{"name": "stem", "kind": "conv", "weight_bits": FLOAT_BITS, "act_bits": FLOAT_BITS}]
     for name, _, _ in block_conv_names(static):
         block = static.get_submodule(name.rsplit(".", 1)[0])
         conv = static.get_submodule(name)
-        quant = {"conv_pw": block.quant_in, "conv_dw": block.quant_mid,
-                 "conv_pwl": block.quant_dw}[name.rsplit(".", 1)[1]]
+        op = name.rsplit(".", 1)[1]
+        quant = block.quant_mid if op == "conv_dw" else block.quant_dw if op == "conv_pwl" \
+            else block.quant_in  # conv_pw, or a skip's conv
         q = weight_quant.get(name)
-        row = {"name": name, "kind": "dwconv" if conv.groups > 1 else "conv",
+        row = {"name": name, "kind": "dwconv" if op == "conv_dw" else "conv",
                "weight_bits": q.bits if q else FLOAT_BITS,
                "act_bits": quant.bits if isinstance(quant, FakeQuantAct) else FLOAT_BITS}
+        if op != "conv_dw" and conv.groups > 1:  # a grouped 1x1 conv
+            row["groups"] = conv.groups
         if q is not None:
             row["weight_scale"] = q.scale.tolist()
         rows.append(row)

@@ -11,8 +11,13 @@ ReLU/ReLU6 before a quantizer is a clip on the quantizer's grid, which is exact.
 4-bit weights are stored as int8 holding values in ±7 (and 4-bit activations as uint8 in
 [120, 135], zero point 128): onnxruntime 1.32 reads INT4 tensors (opset 21) but runs
 convolutions on them in float, not integer kernels.
-32-bit layers, the stem, the head conv and the exit heads are float; a skipped block (an
-``nn.Identity``) lowers to nothing.
+Grouped 1x1 convs (FBNet's grouped candidates) are ``ConvInteger`` / ``Conv`` nodes with
+``group``; the channel shuffle before a grouped projection is Reshape (N, g, C/g, H·W) →
+Transpose → Reshape, on the uint8 codes where the activation is quantized (it only moves
+values), else on float.
+32-bit layers, the stem, the head conv and the exit heads are float; a skipped block lowers to
+nothing when it is the identity, and where the identity does not fit (a `StaticSkipConv`) to its
+input quantizer → 1x1 conv with the stride and folded batch norm, no activation, no residual.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deploy.quant_params import HEAD_CONV, LoweringError, WeightQuant, fold_bn, head_conv
+from deploy.quant_params import (
+    HEAD_CONV,
+    SKIP_CONV,
+    LoweringError,
+    WeightQuant,
+    fold_bn,
+    head_conv,
+)
+from supernet.blocks import StaticSkipConv
 from supernet.extract import StaticNet
 from supernet.quant import FLOAT_BITS, FakeQuantAct
 
@@ -166,14 +179,35 @@ class _Lowering:
     def block(self, x: str, blk: nn.Module, prefix: str) -> str:
         if isinstance(blk, nn.Identity):  # a skipped block: nothing to compute
             return x
+        if isinstance(blk, StaticSkipConv):  # quant → 1x1 conv with the stride → BN, no act
+            return self.conv(self.quantize(x, blk.quant_in), f"{prefix}.{SKIP_CONV}", blk.conv,
+                             blk.bn)
         bounds = _act_bounds(blk.act)
         h = self.quantize(x, blk.quant_in)
         h = self.conv(h, f"{prefix}.conv_pw", blk.conv_pw, blk.bn1, requant=blk.quant_mid,
                       act_bounds=bounds)
         h = self.conv(h, f"{prefix}.conv_dw", blk.conv_dw, blk.bn2, requant=blk.quant_dw,
                       act_bounds=bounds)
+        h = self.shuffle(h, blk.shuffle, blk.conv_pwl.in_channels, prefix)
         y = self.conv(h, f"{prefix}.conv_pwl", blk.conv_pwl, blk.bn3)
         return self.g.op("Add", [x, y], "residual") if blk.residual else y
+
+    def shuffle(self, h: tuple, shuffle: nn.Module, channels: int, prefix: str) -> tuple:
+        """``nn.ChannelShuffle(g)`` on ``h`` (``(tensor, scale, step)``, the tensor uint8 or
+        float, ``channels`` wide): Reshape to (N, g, C/g, H·W) → Transpose to (N, C/g, g, H·W)
+        → Reshape back to the input's shape. It only moves values, so it runs on the quantized
+        tensor as it is."""
+        if isinstance(shuffle, nn.Identity):
+            return h
+        if not isinstance(shuffle, nn.ChannelShuffle):
+            raise LoweringError(f"{prefix}.shuffle: {type(shuffle).__name__} does not lower to "
+                                "ONNX; only nn.ChannelShuffle and nn.Identity do")
+        g, x, groups = self.g, h[0], int(shuffle.groups)
+        split = g.const(f"{prefix}.shuffle.shape",
+                        np.array([0, groups, channels // groups, -1], np.int64))
+        y = g.op("Transpose", [g.op("Reshape", [x, split], "split")], "shuffle",
+                 perm=[0, 2, 1, 3])
+        return (g.op("Reshape", [y, g.op("Shape", [x], "shape")], "unshuffle"), *h[1:])
 
     def head(self, x: str, head: nn.Sequential, name: str) -> str:
         """[head conv →] global average pool → fc; the head conv is float, like the stem."""

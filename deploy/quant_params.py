@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from supernet.arch import ArchConfig
+from supernet.blocks import StaticSkipConv
 from supernet.extract import StaticNet
 from supernet.model import SuperNet
 from supernet.quant import FLOAT_BITS, weight_scale
 
 BLOCK_CONVS = ("conv_pw", "conv_dw", "conv_pwl")
+SKIP_CONV = "conv"  # a skip's 1x1 conv (`StaticSkipConv`), named like the block convs
 HEAD_CONV = "head"  # the layer name of the optional head conv, as the cost tables name it
 
 
@@ -48,12 +50,20 @@ class WeightQuant:
 
 
 def block_conv_names(static: StaticNet) -> list[tuple[str, int, int]]:
-    """``(module name, stage number, block index)`` of every block conv of ``static``; a
-    skipped block (an ``nn.Identity``) has none."""
+    """``(module name, stage number, block index)`` of every block conv of ``static``: a
+    block's three, a skip's 1x1 conv (`StaticSkipConv`, ``stages.i.j.conv``); an identity skip
+    (an ``nn.Identity``) has none."""
     return [(f"stages.{i - 1}.{j}.{conv}", i, j)
             for i, stage in enumerate(static.stages, 1)
-            for j, block in enumerate(stage) if not isinstance(block, nn.Identity)
-            for conv in BLOCK_CONVS]
+            for j, block in enumerate(stage)
+            for conv in block_convs(block)]
+
+
+def block_convs(block: nn.Module) -> tuple[str, ...]:
+    """The conv attributes of one extracted block."""
+    if isinstance(block, nn.Identity):
+        return ()
+    return (SKIP_CONV,) if isinstance(block, StaticSkipConv) else BLOCK_CONVS
 
 
 def head_conv(head: nn.Sequential) -> nn.Sequential | None:
@@ -66,7 +76,9 @@ def head_conv(head: nn.Sequential) -> nn.Sequential | None:
 def trained_weight_quant(net: SuperNet, static: StaticNet,
                          config: ArchConfig) -> dict[str, WeightQuant]:
     """The weight quantization of every quantized conv of ``static`` (extracted from ``net`` at
-    ``config``), keyed by module name: the supernet's per-channel steps, sliced."""
+    ``config``), keyed by module name: the supernet's per-channel steps, sliced (a skip's conv
+    reads the supernet block's ``skip_conv``). Grouped convs keep the dense conv's output
+    channels, so their steps slice the same way."""
     resolved = net.space.resolve(net.space.validate(config))
     out = {}
     for name, i, j in block_conv_names(static):
@@ -74,7 +86,8 @@ def trained_weight_quant(net: SuperNet, static: StaticNet,
         if bits >= FLOAT_BITS:
             continue
         conv = name.rsplit(".", 1)[1]
-        full = getattr(net.stages[i - 1].blocks[j], conv).weight
+        block = net.stages[i - 1].blocks[j]
+        full = (block.skip_conv if conv == SKIP_CONV else getattr(block, conv)).weight
         cout = static.get_submodule(name).out_channels
         wq = WeightQuant(bits, weight_scale(full, bits).flatten()[:cout].float().cpu().clone())
         wq.integers(static.get_submodule(name).weight.detach().cpu(), name)  # on the grid?
