@@ -59,12 +59,13 @@ def read_csv(path: str | Path, meta: TableMeta) -> CostTable:
     ``in_channels``, ``out_channels``, ``kernel`` (0 for linear), ``stride``, ``in_size``
     (input height = width, pixels), ``weight_bits``, ``act_bits`` (32 = float), ``batch``,
     optional ``activation`` (1/0: whether the space's activation follows the conv; when the
-    column is absent, each row prices both), then one column per metric, named with its unit
+    column is absent, each row prices both), optional ``group`` (a grouped 1x1 conv's group
+    count; 1 when absent), then one column per metric, named with its unit
     (``latency_ms``, ``energy_mj``, ``weight_bytes``…). Empty metric cells are left out.
     Duplicate signatures, unknown columns or kinds and wrong units are refused.
     """
     path = Path(path)
-    required = [f for f in SIGNATURE_FIELDS if f != "activation"]
+    required = [f for f in SIGNATURE_FIELDS if f not in ("activation", "group")]
     entries: dict[str, dict[str, float]] = {}
     first_line: dict[str, int] = {}
     batches: set[int] = set()
@@ -75,7 +76,8 @@ def read_csv(path: str | Path, meta: TableMeta) -> CostTable:
         lacking = [c for c in required if c not in header]
         if lacking:
             raise TableError(f"{path}: missing column(s) {lacking}; a cost CSV needs "
-                             f"{required} (+ optional 'activation') and metric columns")
+                             f"{required} (+ optional 'activation', 'group') and metric "
+                             "columns")
         repeated = sorted({c for c in header if header.count(c) > 1})
         if repeated:
             raise TableError(f"{path}: column(s) {repeated} appear more than once; keep one")
@@ -122,8 +124,11 @@ def _row_signature(row: dict, required: Sequence[str], where: str) -> OpSignatur
             values.append(int(text))
         except ValueError:
             raise TableError(f"{where}: column {c}: {text!r} is not an integer") from None
+    group = (row.get("group") or "1").strip()
+    if not group.isdigit():
+        raise TableError(f"{where}: column group: {group!r} is not an integer")
     try:
-        return OpSignature(kind, *values, activation=False)
+        return OpSignature(kind, *values, activation=False, group=int(group))
     except ValueError as e:
         raise TableError(f"{where}: {e}") from None
 

@@ -55,7 +55,7 @@ def test_duplicate_signature_is_refused(tmp_path, good_csv, capsys):
 
 @pytest.mark.parametrize(("column", "fragment"), [
     ("expansion", "unknown column 'expansion'"),
-    ("group", "unknown column 'group'"),
+    ("groups", "unknown column 'groups'"),
     ("latency_us", "multiply its values by 0.001 and name it latency_ms"),
     ("energy_ms", "hwnas keeps energy in mJ"),
     ("latency", "keeps latency in ms"),
