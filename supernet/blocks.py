@@ -15,7 +15,13 @@ from timm.layers import DropPath, create_act_layer, make_divisible
 from torch import nn
 
 from supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
-from supernet.groups import expand_mask, grouped_weight, project_mask, unshuffle_inputs
+from supernet.groups import (
+    ChannelShuffle,
+    expand_mask,
+    grouped_weight,
+    project_mask,
+    unshuffle_inputs,
+)
 from supernet.mix import Choice, Mix, apply_width, combine, mix_outputs
 from supernet.quant import ActQuantizer
 from supernet.topology import BlockKeys, block_groups
@@ -155,7 +161,7 @@ class ElasticInvertedResidual(nn.Module):
         if g > 1:  # real grouped convs; the projection reads the shuffled hidden channels
             conv_pw = _grouped(conv_pw, conv_pw.weight, g)
             conv_pwl = _grouped(conv_pwl, unshuffle_inputs(conv_pwl.weight, g), g)
-            shuffle = nn.ChannelShuffle(g)
+            shuffle = ChannelShuffle(g)
         return StaticInvertedResidual(
             quant_in=self.quant_in.static(ab), conv_pw=conv_pw, bn1=self.bn1.static(mid),
             quant_mid=self.quant_mid.static(ab),

@@ -4,7 +4,7 @@ FBNet's grouped candidates run a block's two 1x1 convs in ``g`` groups with a ch
 between them. A grouped conv is a dense conv whose weights outside the ``g`` diagonal blocks are
 zero, so the supernet keeps one dense weight and masks it (the grouped member uses a subset of
 the dense member's weights). The shuffle is folded into the second conv's mask: an extracted
-member runs real grouped convs and an ``nn.ChannelShuffle`` before the projection conv (the
+member runs real grouped convs and a `ChannelShuffle` before the projection conv (the
 depthwise conv, batch norm and activation between them are per channel, so where the shuffle
 sits does not change the function).
 """
@@ -12,6 +12,17 @@ sits does not change the function).
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+
+class ChannelShuffle(nn.ChannelShuffle):
+    """``nn.ChannelShuffle`` written as reshape → transpose → reshape, which ONNX export and
+    compilers take (``aten::channel_shuffle`` has no ONNX export)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        return x.reshape(n, self.groups, c // self.groups, *x.shape[2:]).transpose(1, 2) \
+            .reshape(x.shape)
 
 
 def shuffle_perm(channels: int, groups: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 
 from supernet.arch import ArchConfig, Number
 from supernet.blocks import mid_channels
+from supernet.groups import ChannelShuffle
 from supernet.quant import FLOAT_BITS, FakeQuantAct, initial_step
 from supernet.space import SearchSpace
 from supernet.topology import BlockKeys, block_groups, value
@@ -103,7 +104,7 @@ def layer_module(layer: Layer, act: str) -> nn.Module:
                  nn.Linear(layer.in_channels, layer.out_channels)]
     else:
         if layer.group > 1 and not layer.activation:  # the shuffle between grouped convs
-            mods.append(nn.ChannelShuffle(layer.group))
+            mods.append(ChannelShuffle(layer.group))
         mods += [nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
                            layer.kernel // 2, groups=layer.groups, bias=False),
                  nn.BatchNorm2d(layer.out_channels)]

@@ -57,3 +57,25 @@ def test_an_integer_member_runs_an_integer_chain(tiny):
     assert "QLinearConv" not in float_ops
     call = Target("onnxruntime").network(extract(net, arch), layers, (1, 1, 16, 16))
     assert [out.shape for out in call()] == [(1, tiny.num_classes)] * len(tiny.exit_stages)
+
+
+def test_grouped_convs_and_their_shuffle_export_and_run_as_grouped_kernels():
+    """A grouped projection conv reads a channel-shuffled input; both lower to ONNX and the
+    lowered model computes the torch layer."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    sig = OpSignature("conv", 16, 24, 1, 1, 8, 32, 32, activation=False, group=2)
+    module = op_module(sig, "relu")
+    data = ox.lower_layer(module, sig)
+    model = onnx.load_from_string(data)
+    assert Counter(n.op_type for n in model.graph.node)["Transpose"] == 1
+    assert [a.i for n in model.graph.node if n.op_type == "Conv"
+            for a in n.attribute if a.name == "group"] == [2]
+    x = torch.randn(1, 16, 8, 8)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-4, atol=1e-5)
