@@ -298,7 +298,8 @@ class SearchSpace:
         n = 1
         for d in self.decisions:
             n *= len(d.choices)
-        lines.append(f"  {n:,} configurations")
+        lines.append(f"  {n:,} decision combinations (fewer networks: e.g. the decisions of a "
+                     "stage past the exit change nothing)")
         return "\n".join(lines)
 
 
