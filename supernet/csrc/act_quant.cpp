@@ -4,8 +4,8 @@
 // op by float op, in their order, so the forward and grad_x are bit-identical; build with
 // -fno-fast-math -ffp-contract=off (no reassociation, no fused multiply-add) and
 // -fno-trapping-math (no value changes; lets the compares in the loops vectorise). The reductions
-// (Σ grad·code, Σ grad·LSQ slope per bit-width) are accumulated in double, 8 lanes per chunk,
-// combined in a fixed order: deterministic for a given thread count.
+// (Σ grad·code, Σ grad·LSQ slope per bit-width) take double products, summed in double in 8
+// lanes per chunk, combined in a fixed order: deterministic for a given thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -94,27 +94,28 @@ struct Sums {
   double lsq[kMaxBits][kLanes];    // Σ grad·(code − keep·x/s)
 };
 
-// Σ (double) v[i] into kLanes partial sums (lane = i mod kLanes), a loop that vectorises
-template <typename T>
-inline void accumulate(const T* v, int64_t len, double* acc) {
+// Σ v[i] into kLanes partial sums (lane = i mod kLanes), a loop that vectorises
+inline void accumulate(const double* v, int64_t len, double* acc) {
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(v[i + l]);
+    for (int l = 0; l < kLanes; ++l) acc[l] += v[i + l];
   }
-  for (int l = 0; i < len; ++i, ++l) acc[l] += static_cast<double>(v[i]);
+  for (int l = 0; i < len; ++i, ++l) acc[l] += v[i];
 }
 
 // one quantised bit-width over a block: slope += keep·p; grad·code and grad·(code − keep·x/s)
+// as double products (exact for float)
 template <typename T, bool kMagic>
 void backward_term(const T* g, const T* x, T* slope, int64_t len, T s, T p, T qn, T qp,
-                   bool first, T* by_code, T* by_lsq) {
+                   bool first, double* by_code, double* by_lsq) {
   for (int64_t i = 0; i < len; ++i) {
     const T scaled = x[i] / s;
     const T clipped = clamp(scaled, -qn, qp);
     const T keep = static_cast<T>(clipped == scaled);
     const T code = round_even<T, kMagic>(clipped);
-    by_code[i] = g[i] * code;
-    by_lsq[i] = g[i] * (code - scaled * keep);
+    const double gd = static_cast<double>(g[i]);
+    by_code[i] = gd * static_cast<double>(code);
+    by_lsq[i] = gd * static_cast<double>(code - scaled * keep);
     const T inside = keep * p;
     slope[i] = first ? inside : slope[i] + inside;
   }
@@ -125,7 +126,8 @@ void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const Mix<T>& m, S
   for (int b = 0; b < m.nb; ++b) {
     for (int l = 0; l < kLanes; ++l) sums.codes[b][l] = sums.lsq[b][l] = 0.0;
   }
-  T slope[kBlock], by_code[kBlock], by_lsq[kBlock];
+  T slope[kBlock];
+  double by_code[kBlock], by_lsq[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
     const T* gb = g + start;
@@ -135,7 +137,7 @@ void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const Mix<T>& m, S
       const T p = m.probs[b];
       if (m.is_float[b]) {
         for (int64_t i = 0; i < len; ++i) {
-          by_code[i] = gb[i] * xb[i];
+          by_code[i] = static_cast<double>(gb[i]) * static_cast<double>(xb[i]);
           slope[i] = first ? p : slope[i] + p;
         }
       } else {
