@@ -193,7 +193,8 @@ KERNELS = ("act_forward", "act_backward", "weight_forward", "weight_backward")
 
 
 class _Kernels:
-    """The kernels in use: eager by default, `torch.compile`d after `use_compiled_kernels`."""
+    """The kernels in use: eager (native for CPU activations) by default, `torch.compile`d
+    after `use_compiled_kernels`."""
 
     eager = {name: globals()[name] for name in KERNELS}
     compiled: dict[str, Callable] = {}
@@ -228,7 +229,8 @@ def _act_kernels(x: torch.Tensor, bits: tuple[int, ...]) -> dict[str, Callable]:
 
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Run the fused quantizers' kernels through `torch.compile` (one fused loop each, compiled
-    on first use per process, any shape) or eagerly (the default)."""
+    on first use per process, any shape) or not (the default: native activation kernels on
+    CPU, eager torch ops elsewhere)."""
     if enabled and not _Kernels.compiled:
         _Kernels.compiled = {name: torch.compile(fn, dynamic=True)
                              for name, fn in _Kernels.eager.items()}
@@ -243,7 +245,7 @@ def compiled_kernels() -> bool:
 
 @contextlib.contextmanager
 def kernels(compiled: bool) -> Iterator[None]:
-    """Run the fused quantizers with compiled (or eager) kernels inside the block only."""
+    """Run the fused quantizers with compiled (or the default) kernels inside the block only."""
     before = _Kernels.on
     use_compiled_kernels(compiled)
     try:

@@ -162,6 +162,7 @@ def test_kernel_choice_is_scoped_to_its_block():
 @pytest.mark.slow
 def test_compiled_kernels_equal_the_eager_ones():
     """torch.compile builds each kernel as one loop (about a minute on a small CPU)."""
+    use_native_kernels(False)  # eager on both sides but for the compile
     torch.manual_seed(3)
     bits = (4, 8, 32)
     x0, w0 = torch.randn(4, 6, 5, 5) * 2, torch.randn(8, 6, 3, 3)
