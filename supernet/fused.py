@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from supernet import native
-
 FLOAT_BITS = 32
 MIN_STEP = 1e-8  # floor of a learned activation step, so x/s stays finite
 
@@ -90,6 +88,14 @@ NATIVE_DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 NATIVE_MAX_BITS = 16  # bit-widths in one mix the native kernels take
 
 
+def _native_library():
+    """`supernet.native.library()`, imported on first use (``python -m supernet.native`` runs
+    that module as a script, which must not find it imported already)."""
+    from supernet import native
+
+    return native.library()
+
+
 @functools.lru_cache(maxsize=64)
 def _native_bounds(bits: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """qn, qp (in ``dtype``, as clamp converts them) and whether each bit-width is float."""
@@ -121,7 +127,7 @@ def native_act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor
     x = _dense(x)
     out = torch.empty_like(x)
     alive, ptrs = _native_args(x, steps, probs, bits)  # the tensors behind the pointers
-    fn = getattr(native.library(), "hwnas_act_forward" + NATIVE_DTYPES[x.dtype])
+    fn = getattr(_native_library(), "hwnas_act_forward" + NATIVE_DTYPES[x.dtype])
     if fn(x.data_ptr(), out.data_ptr(), x.numel(), len(bits), *ptrs, torch.get_num_threads()):
         raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
                          f"at most {NATIVE_MAX_BITS}")
@@ -138,7 +144,7 @@ def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor
     grad_x = torch.empty_like(x)
     sums = torch.zeros(2, len(bits), dtype=torch.float64)  # Σ grad·code, Σ grad·LSQ slope
     (s, p), ptrs = _native_args(x, steps, probs, bits)
-    fn = getattr(native.library(), "hwnas_act_backward" + NATIVE_DTYPES[x.dtype])
+    fn = getattr(_native_library(), "hwnas_act_backward" + NATIVE_DTYPES[x.dtype])
     if fn(grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(), len(bits), *ptrs,
           sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads()):
         raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
@@ -215,14 +221,14 @@ def act_kernels() -> str:
     "eager" or "compiled" (other devices and dtypes: eager unless compiled)."""
     if _Kernels.on:
         return "compiled"
-    return "native" if _Kernels.native_on and native.library() is not None else "eager"
+    return "native" if _Kernels.native_on and _native_library() is not None else "eager"
 
 
 def _act_kernels(x: torch.Tensor, bits: tuple[int, ...]) -> dict[str, Callable]:
     """The activation kernels for ``x``: native where they apply, else the active set."""
     if (not _Kernels.on and _Kernels.native_on and x.device.type == "cpu"
             and x.dtype in NATIVE_DTYPES and x.dim() > 0 and x.numel() > 0
-            and len(bits) <= NATIVE_MAX_BITS and native.library() is not None):
+            and len(bits) <= NATIVE_MAX_BITS and _native_library() is not None):
         return _Kernels.native
     return _Kernels.active
 

@@ -307,3 +307,13 @@ def test_native_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
     built = path.stat().st_mtime_ns
     assert native.build() == path and path.stat().st_mtime_ns == built  # reused
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_a_failed_build_prints_one_line_and_never_fails_the_install(monkeypatch, tmp_path,
+                                                                   capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    assert native.main(["--build"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "not built (false failed on act_quant.cpp" in out[0]
+    assert not list((tmp_path / "hwnas" / "kernels").rglob("*.so*"))  # no partial file left
