@@ -22,6 +22,7 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python $(INSTALL_INPUTS)
 	$(VENV)/bin/python -m pip install -c constraints.txt -e '.[dev]'
 	$(VENV)/bin/python -m pip install -c constraints.txt --no-deps sweeps
+	-$(VENV)/bin/python -m supernet.native --build
 	touch $@
 
 data:

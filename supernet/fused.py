@@ -4,15 +4,25 @@ The relaxed network mixes every candidate bit-width (EdMIPS). Written as one qua
 bit-width and a weighted sum, each activation costs a dozen autograd nodes and a saved copy per
 bit-width; it dominated the relaxed step. Here the sum is one `torch.autograd.Function` whose
 backward returns the gradients of ``x``, of every probability ``p_b`` and of every learned step
-``s_b`` in one call, saving only ``x``. The kernels are plain torch ops (any device, the exact
-reference values); `use_compiled_kernels` swaps in a `torch.compile`d build of the same
-kernels that fuses each into one loop over the tensor (needs a C++ compiler on CPU, Triton on
-CUDA; compiled once per process, shapes dynamic); `kernels` scopes that choice to a block.
-"""
+``s_b`` in one call, saving only ``x``.
 
+Which kernels run (`act_kernels` tells for the activations):
+- eager: plain torch ops, any device and dtype, the exact reference values; about ten passes
+  over the tensor per bit-width.
+- native (the default for the activations on CPU in float32/float64): ``csrc/act_quant.cpp``,
+  the forward and the backward each in one pass (threads: ``torch.get_num_threads()``), the
+  same floats as eager (forward and ∂/∂x bit-identical, the step and probability sums in
+  double); built on first use with the system C++ compiler (`supernet.native`), eager when it
+  cannot be built or with ``HWNAS_NATIVE_KERNELS=0``; `use_native_kernels` switches it.
+- compiled: after `use_compiled_kernels` (or inside `kernels(compiled=True)`), a
+  `torch.compile`d build of the eager kernels, one fused loop each, for every op and device
+  (needs a C++ compiler on CPU, Triton on CUDA; compiled once per process, shapes dynamic);
+  it wins over native when asked for. The weights' quantizer is eager or compiled.
+"""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -73,6 +83,85 @@ def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs
     return grad * slope, d_raw, torch.stack(d_probs)
 
 
+# -- activations, native CPU kernels (csrc/act_quant.cpp): each in one pass over the tensor -----
+NATIVE_DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
+NATIVE_MAX_BITS = 16  # bit-widths in one mix the native kernels take
+
+
+def _native_library():
+    """`supernet.native.library()`, imported on first use (``python -m supernet.native`` runs
+    that module as a script, which must not find it imported already)."""
+    from supernet import native
+
+    return native.library()
+
+
+@functools.lru_cache(maxsize=64)
+def _native_bounds(bits: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """qn, qp (in ``dtype``, as clamp converts them) and whether each bit-width is float."""
+    quantized = [_bounds(b) if b < FLOAT_BITS else (0, 0) for b in bits]
+    return (torch.tensor([qn for qn, _ in quantized], dtype=dtype),
+            torch.tensor([qp for _, qp in quantized], dtype=dtype),
+            torch.tensor([b >= FLOAT_BITS for b in bits], dtype=torch.uint8))
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its memory is one contiguous run (contiguous or channels_last)."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
+def _native_args(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                 bits: tuple[int, ...]) -> tuple:
+    steps = steps.detach().abs().clamp_min(MIN_STEP).to(x.dtype).contiguous()
+    probs = probs.detach().to(x.dtype).contiguous()
+    qn, qp, is_float = _native_bounds(bits, x.dtype)
+    ptrs = [t.data_ptr() for t in (steps, probs, qn, qp, is_float)]
+    return (steps, probs), ptrs
+
+
+def native_act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                       bits: tuple[int, ...]) -> torch.Tensor:
+    """`act_forward` in one pass: the same floats, in x's layout (CPU, float32/float64)."""
+    x = _dense(x)
+    out = torch.empty_like(x)
+    alive, ptrs = _native_args(x, steps, probs, bits)  # the tensors behind the pointers
+    fn = getattr(_native_library(), "hwnas_act_forward" + NATIVE_DTYPES[x.dtype])
+    if fn(x.data_ptr(), out.data_ptr(), x.numel(), len(bits), *ptrs, torch.get_num_threads()):
+        raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
+                         f"at most {NATIVE_MAX_BITS}")
+    return out
+
+
+def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor,
+                        probs: torch.Tensor, bits: tuple[int, ...]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`act_backward` in one pass: ∂/∂x bit-identical, the per-bit-width sums in double."""
+    x = _dense(x)
+    if grad.stride() != x.stride() or grad.dtype != x.dtype:
+        grad = torch.empty_like(x).copy_(grad)
+    grad_x = torch.empty_like(x)
+    sums = torch.zeros(2, len(bits), dtype=torch.float64)  # Σ grad·code, Σ grad·LSQ slope
+    (s, p), ptrs = _native_args(x, steps, probs, bits)
+    fn = getattr(_native_library(), "hwnas_act_backward" + NATIVE_DTYPES[x.dtype])
+    if fn(grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(), len(bits), *ptrs,
+          sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads()):
+        raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
+                         f"at most {NATIVE_MAX_BITS}")
+    per_sample = x[0].numel()
+    is_float = torch.tensor([b >= FLOAT_BITS for b in bits])
+    # ⟨grad, Q_b(x)⟩ = s_b·Σ grad·code; 32 bits: Σ grad·x
+    d_probs = sums[0] * torch.where(is_float, 1.0, s.double())
+    norm = torch.tensor([math.sqrt(per_sample * _bounds(b)[1]) if b < FLOAT_BITS else 1.0
+                         for b in bits], dtype=torch.float64)
+    d_steps = torch.where(is_float, 0.0, sums[1] * p.double() / norm)
+    # through |s| and the floor, as autograd differentiates abs() and clamp_min()
+    raw = steps.detach()
+    d_raw = (d_steps * raw.sgn() * (raw.abs() >= MIN_STEP)).to(steps.dtype)
+    return grad_x, d_raw, d_probs.to(probs.dtype)
+
+
 # -- weights (per-output-channel symmetric, scale from the channel's max magnitude) -------------
 def weight_forward(w: torch.Tensor, probs: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
     """Σ_b p_b · Q_b(w); the same values as `supernet.quant.quantize_weight` per bit-width."""
@@ -110,17 +199,44 @@ KERNELS = ("act_forward", "act_backward", "weight_forward", "weight_backward")
 
 
 class _Kernels:
-    """The kernels in use: eager by default, `torch.compile`d after `use_compiled_kernels`."""
+    """The kernels in use: eager (native for CPU activations) by default, `torch.compile`d
+    after `use_compiled_kernels`."""
 
     eager = {name: globals()[name] for name in KERNELS}
     compiled: dict[str, Callable] = {}
+    native = {"act_forward": native_act_forward, "act_backward": native_act_backward}
     active = eager
     on = False
+    native_on = True
+
+
+def use_native_kernels(enabled: bool = True) -> None:
+    """Run the activation quantizer on CPU float32/float64 tensors with the native one-pass
+    kernels (the default; eager where they cannot be built) or with the eager ones."""
+    _Kernels.native_on = enabled
+
+
+def act_kernels() -> str:
+    """Which kernels the activation quantizer runs on a CPU float32/float64 tensor: "native",
+    "eager" or "compiled" (other devices and dtypes: eager unless compiled)."""
+    if _Kernels.on:
+        return "compiled"
+    return "native" if _Kernels.native_on and _native_library() is not None else "eager"
+
+
+def _act_kernels(x: torch.Tensor, bits: tuple[int, ...]) -> dict[str, Callable]:
+    """The activation kernels for ``x``: native where they apply, else the active set."""
+    if (not _Kernels.on and _Kernels.native_on and x.device.type == "cpu"
+            and x.dtype in NATIVE_DTYPES and x.dim() > 0 and x.numel() > 0
+            and len(bits) <= NATIVE_MAX_BITS and _native_library() is not None):
+        return _Kernels.native
+    return _Kernels.active
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Run the fused quantizers' kernels through `torch.compile` (one fused loop each, compiled
-    on first use per process, any shape) or eagerly (the default)."""
+    on first use per process, any shape) or not (the default: native activation kernels on
+    CPU, eager torch ops elsewhere)."""
     if enabled and not _Kernels.compiled:
         _Kernels.compiled = {name: torch.compile(fn, dynamic=True)
                              for name, fn in _Kernels.eager.items()}
@@ -135,7 +251,7 @@ def compiled_kernels() -> bool:
 
 @contextlib.contextmanager
 def kernels(compiled: bool) -> Iterator[None]:
-    """Run the fused quantizers with compiled (or eager) kernels inside the block only."""
+    """Run the fused quantizers with compiled (or the default) kernels inside the block only."""
     before = _Kernels.on
     use_compiled_kernels(compiled)
     try:
@@ -151,12 +267,13 @@ class MixedActQuant(torch.autograd.Function):
     def forward(ctx, x, steps, probs, bits: tuple[int, ...]):
         ctx.save_for_backward(x, steps, probs)
         ctx.bits = bits
-        return _Kernels.active["act_forward"](x, steps, probs, bits)
+        return _act_kernels(x, bits)["act_forward"](x, steps, probs, bits)
 
     @staticmethod
     def backward(ctx, grad):
         x, steps, probs = ctx.saved_tensors
-        d_x, d_steps, d_probs = _Kernels.active["act_backward"](grad, x, steps, probs, ctx.bits)
+        run = _act_kernels(x, ctx.bits)["act_backward"]
+        d_x, d_steps, d_probs = run(grad, x, steps, probs, ctx.bits)
         return d_x, d_steps, d_probs, None
 
 

@@ -3,8 +3,20 @@
 import pytest
 import torch
 
+from supernet import native
 from supernet.elastic import kernel_mask
-from supernet.fused import compiled_kernels, kernels, mixed_act_quant, mixed_weight_quant
+from supernet.fused import (
+    act_backward,
+    act_forward,
+    act_kernels,
+    compiled_kernels,
+    kernels,
+    mixed_act_quant,
+    mixed_weight_quant,
+    native_act_backward,
+    native_act_forward,
+    use_native_kernels,
+)
 from supernet.mix import Mix, prefix_mask
 from supernet.quant import ActQuantizer, mixed_weight_reference
 
@@ -77,11 +89,20 @@ def test_fused_weight_quantizer_equals_the_reference(bits, kind):
         assert_close_rel(a, b, 1e-6)
 
 
+@pytest.fixture(autouse=True)
+def _native_kernels_restored():
+    yield
+    use_native_kernels(True)
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
 @pytest.mark.parametrize("bits", BIT_SETS)
-def test_float64_gradients_match_the_reference_and_gradcheck(bits):
+def test_float64_gradients_match_the_reference_and_gradcheck(bits, native_kernels):
     """Rounding is piecewise constant, so finite differences can only check what the op
     differentiates for real: the probabilities (the sum is linear in them) and x at 32 bits.
     The straight-through gradients of x and of the steps are checked against the reference."""
+    use_native_kernels(native_kernels)
+    assert act_kernels() == ("native" if native_kernels and native.library() else "eager")
     torch.manual_seed(7)
     x0 = torch.randn(2, 3, 3, dtype=torch.float64) * 2
     steps0 = torch.rand(len(bits), dtype=torch.float64) * 0.3 + 0.05
@@ -141,6 +162,7 @@ def test_kernel_choice_is_scoped_to_its_block():
 @pytest.mark.slow
 def test_compiled_kernels_equal_the_eager_ones():
     """torch.compile builds each kernel as one loop (about a minute on a small CPU)."""
+    use_native_kernels(False)  # eager on both sides but for the compile
     torch.manual_seed(3)
     bits = (4, 8, 32)
     x0, w0 = torch.randn(4, 6, 5, 5) * 2, torch.randn(8, 6, 3, 3)
@@ -156,3 +178,142 @@ def test_compiled_kernels_equal_the_eager_ones():
     assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
     for a, b in zip(got[0][2:], got[1][2:], strict=True):
         assert_close_rel(a, b, 1e-5)
+
+
+# -- native CPU kernels ---------------------------------------------------------------------------
+@pytest.fixture
+def native_on():
+    if native.library() is None:
+        pytest.skip("no C++ compiler to build the native kernels")
+    use_native_kernels(True)
+    assert act_kernels() == "native"
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's floats as integers, so -0.0 and NaN payloads count."""
+    view = {torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype]
+    return t.contiguous().view(view)
+
+
+def tricky(shape, steps: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Random values, plus exact rounding ties (k + ½)·s and values far past the clamp range."""
+    x = torch.randn(shape, dtype=dtype) * 3
+    flat = x.view(-1)
+    k = torch.arange(-40, 40, dtype=dtype) + 0.5
+    for i, s in enumerate(steps.abs().tolist()):
+        flat[i * 160:i * 160 + 80] = k * s
+        flat[i * 160 + 80:i * 160 + 90] = torch.tensor([1e6, -1e6, 1e30, -1e30, 0.0, -0.0,
+                                                        129.0 * s, -129.0 * s, 7.5 * s, -2.5 * s])
+    return x
+
+
+NATIVE_BITS = [(32,), (4, 8, 32), (2, 3, 8)]
+
+
+def native_cases():
+    for bits in NATIVE_BITS:
+        for kind in ["mixed"] + [str(i) for i in range(len(bits))]:
+            for layout in (torch.contiguous_format, torch.channels_last):
+                yield bits, kind, layout
+
+
+@pytest.mark.parametrize(("bits", "kind", "layout"), list(native_cases()))
+def test_native_kernels_equal_the_eager_ones(native_on, bits, kind, layout):
+    """Forward and ∂/∂x: the same bits as eager in float32; the step and probability sums
+    (in double) within 1e-6 of eager in float64 on the same values."""
+    torch.manual_seed(11 + len(bits))
+    steps = torch.tensor([0.25, -0.0625, 1.0])[:len(bits)]  # powers of 2: exact ties
+    x = tricky((4, 6, 9, 7), steps).contiguous(memory_format=layout)
+    p = probabilities(len(bits), kind)
+    grad = torch.randn(x.shape).contiguous(memory_format=layout)
+    y = native_act_forward(x, steps, p, bits)
+    assert y.stride() == x.stride()
+    assert torch.equal(bits_of(y), bits_of(act_forward(x, steps, p, bits)))
+    d_x, d_steps, d_probs = native_act_backward(grad, x, steps, p, bits)
+    d_x_ref = act_backward(grad, x, steps, p, bits)[0]
+    assert torch.equal(bits_of(d_x), bits_of(d_x_ref))
+    x64, s64, p64, g64 = x.double(), steps.double(), p.double(), grad.double()
+    ref64 = act_backward(g64, x64, s64, p64, bits)
+    assert_close_rel(d_steps.double(), ref64[1], 1e-6)
+    assert_close_rel(d_probs.double(), ref64[2], 1e-6)
+    # in float64 the native kernels agree with eager up to the summation order
+    assert torch.equal(bits_of(native_act_forward(x64, s64, p64, bits)),
+                       bits_of(act_forward(x64, s64, p64, bits)))
+    got64 = native_act_backward(g64, x64, s64, p64, bits)
+    assert torch.equal(bits_of(got64[0]), bits_of(ref64[0]))
+    for a, b in zip(got64[1:], ref64[1:], strict=True):
+        assert_close_rel(a, b, 1e-12)
+
+
+def test_native_kernels_take_a_strided_input_and_a_gradient_in_another_layout(native_on):
+    bits, steps, p = (2, 8, 32), torch.tensor([0.3, 0.02, 1.0]), torch.tensor([0.2, 0.5, 0.3])
+    x = torch.randn(3, 8, 5, 5)[:, ::2]  # not dense
+    grad = torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(native_act_forward(x, steps, p, bits), act_forward(x, steps, p, bits))
+    got, ref = native_act_backward(grad, x, steps, p, bits), act_backward(grad, x, steps, p, bits)
+    assert torch.equal(got[0], ref[0])
+    for a, b in zip(got[1:], ref[1:], strict=True):
+        assert_close_rel(a, b, 1e-5)
+
+
+def test_native_threads_change_only_the_summation_order(native_on):
+    torch.manual_seed(5)
+    bits, steps = (2, 4, 8, 32), torch.tensor([0.4, 0.1, 0.01, 1.0], dtype=torch.float64)
+    x = torch.randn(7, 3, 101, 67, dtype=torch.float64) * 2  # 142 kB: 2 and 3 chunks
+    grad, p = torch.randn_like(x), torch.softmax(torch.randn(4, dtype=torch.float64), -1)
+    before, got = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got.append((native_act_forward(x, steps, p, bits),
+                        *native_act_backward(grad, x, steps, p, bits)))
+    finally:
+        torch.set_num_threads(before)
+    for other in got[1:]:
+        assert torch.equal(other[0], got[0][0]) and torch.equal(other[1], got[0][1])
+        for a, b in zip(other[2:], got[0][2:], strict=True):
+            assert_close_rel(a, b, 1e-12)
+
+
+def test_without_native_kernels_the_eager_ones_run_after_one_warning(monkeypatch, tmp_path):
+    x, steps, p = torch.randn(2, 3, 4, 4), torch.tensor([0.2, 1.0]), torch.tensor([0.7, 0.3])
+    expect = act_forward(x, steps, p, (4, 32))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for switch in ("env", "compiler"):
+        if switch == "env":
+            monkeypatch.setenv(native.SWITCH, "0")
+        else:
+            monkeypatch.delenv(native.SWITCH)
+            monkeypatch.setattr(native, "compiler", lambda: None)
+        native.library.cache_clear()
+        try:
+            with pytest.warns(RuntimeWarning, match="native CPU quantizer kernels off") as caught:
+                assert act_kernels() == "eager"
+                y = mixed_act_quant(x, steps, p, (4, 32))
+                assert act_kernels() == "eager"
+            assert len(caught) == 1
+            assert torch.equal(y, expect)
+        finally:
+            native.library.cache_clear()
+    assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_native_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
+    if native.compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = native.build()
+    assert path.is_relative_to(tmp_path / "hwnas" / "kernels") and path.exists()
+    built = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == built  # reused
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_a_failed_build_prints_one_line_and_never_fails_the_install(monkeypatch, tmp_path,
+                                                                   capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    assert native.main(["--build"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "not built (false failed on act_quant.cpp" in out[0]
+    assert not list((tmp_path / "hwnas" / "kernels").rglob("*.so*"))  # no partial file left

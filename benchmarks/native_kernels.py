@@ -1,0 +1,124 @@
+"""The native activation-quantizer kernels against the eager ones, in the relaxed step.
+
+One process, one thread, interleaved: each round runs (in a shuffled order) a relaxed
+forward+backward of the Fashion-MNIST supernet under softmax(α) with the eager activation
+kernels, the same with the native ones, and a plain forward+backward of the largest member
+(extracted); ratios relaxed ÷ plain are taken per round, then the median. A profiled step of
+each kind gives the activation quantizer's own time (forward and backward nodes).
+
+    python -m benchmarks.native_kernels [--rounds 9] [--batch 128] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import FMNIST_SPACE, cpu_model
+from nas.arch_params import ArchParameters
+from supernet import SearchSpace, SuperNet, extract
+from supernet.fused import act_kernels, use_native_kernels
+
+QUANT_OPS = ("MixedActQuant", "MixedActQuantBackward")
+
+
+def fwd_bwd(model: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
+    logits = model(x)
+    loss = sum(F.cross_entropy(z, y) for z in logits) / len(logits)
+    loss.backward()
+
+
+def quant_ms(step: Callable[[], None]) -> dict[str, float]:
+    """Milliseconds in the activation quantizer's autograd nodes during one step."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    out = dict.fromkeys(QUANT_OPS, 0.0)
+    for e in prof.key_averages():
+        if e.key in out:
+            out[e.key] += e.cpu_time_total / 1e3
+    return out
+
+
+def run(rounds: int, warmup: int, batch: int) -> dict:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    space = SearchSpace.from_yaml(FMNIST_SPACE)
+    net = SuperNet(space).train().to(memory_format=torch.channels_last)
+    plain = extract(SuperNet(space), space.largest()).train().to(memory_format=torch.channels_last)
+    alpha = ArchParameters(space)
+    with torch.no_grad():
+        for a in alpha.parameters():
+            a.normal_(0, 0.5)
+    x = torch.randn(batch, space.input_channels, 28, 28).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, space.num_classes, (batch,))
+
+    def relaxed(native: bool) -> Callable[[], None]:
+        def step() -> None:
+            use_native_kernels(native)
+            fwd_bwd(lambda v: net(v, alpha.probs()), x, y)
+            net.zero_grad(set_to_none=True)
+            alpha.zero_grad(set_to_none=True)
+        return step
+
+    def plain_step() -> None:
+        fwd_bwd(plain, x, y)
+        plain.zero_grad(set_to_none=True)
+
+    steps = {"relaxed_eager": relaxed(False), "relaxed_native": relaxed(True),
+             "plain": plain_step}
+    use_native_kernels(True)
+    assert act_kernels() == "native", "the native kernels did not build here"
+    rng, times = random.Random(0), {k: [] for k in steps}
+    for r in range(warmup + rounds):
+        order = list(steps)
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            if r >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    ratio = {kind: statistics.median(a / b for a, b in zip(times[f"relaxed_{kind}"],
+                                                          times["plain"], strict=True))
+             for kind in ("eager", "native")}
+    profiled = {kind: quant_ms(steps[f"relaxed_{kind}"]) for kind in ("eager", "native")}
+    use_native_kernels(True)
+    return {
+        "settings": {"space": FMNIST_SPACE.name, "batch": batch, "rounds": rounds,
+                     "warmup": warmup, "threads": 1, "memory_format": "channels_last"},
+        "machine": {"cpu": cpu_model(), "torch": torch.__version__},
+        "median_ms": {k: statistics.median(v) for k, v in times.items()},
+        "relaxed_over_plain": ratio,
+        "native_speedup_of_relaxed_step": statistics.median(
+            a / b for a, b in zip(times["relaxed_eager"], times["relaxed_native"], strict=True)),
+        "act_quant_profiled_ms": profiled,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    result = run(args.rounds, args.warmup, args.batch)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+// Σ_b p_b·LSQ_b(x) and its backward in one pass over the tensor (CPU, float and double).
+//
+// The values mirror the eager torch ops of supernet/fused.py (act_forward, act_backward) float
+// op by float op, in their order, so the forward and grad_x are bit-identical; build with
+// -fno-fast-math -ffp-contract=off (no reassociation, no fused multiply-add) and
+// -fno-trapping-math (no value changes; lets the compares in the loops vectorise). The reductions
+// (Σ grad·code, Σ grad·LSQ slope per bit-width) take double products, summed in double in 8
+// lanes per chunk, combined in a fixed order: deterministic for a given thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+// x86-64 with GCC: an AVX2 build of the chunk loops besides the baseline one, picked at load
+// time by the CPU (the same floats: no FMA contraction either way)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HWNAS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define HWNAS_CLONES
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 512;      // elements per inner loop (their slope stays in L1)
+constexpr int kLanes = 8;            // partial sums per reduction, so the loops vectorise
+constexpr int64_t kMinPerThread = 1 << 15;
+constexpr int kMaxBits = 16;         // bit-widths in one mix (more: the caller falls back)
+
+// x + 1.5·2^m − 1.5·2^m rounds to the nearest integer, ties to even, for |x| < 2^(m−1)
+// (m: mantissa bits), as nearbyint does in the default rounding mode, and vectorises.
+template <typename T> struct Magic;
+template <> struct Magic<float> {
+  static constexpr float add = 12582912.0f;          // 1.5·2^23
+  static constexpr double limit = 4194304.0;         // 2^22
+};
+template <> struct Magic<double> {
+  static constexpr double add = 6755399441055744.0;  // 1.5·2^52
+  static constexpr double limit = 2251799813685248.0;  // 2^51
+};
+
+template <typename T, bool kMagic>
+inline T round_even(T v) {
+  if constexpr (kMagic) {
+    return std::copysign((std::fabs(v) + Magic<T>::add) - Magic<T>::add, v);  // keeps −0
+  } else {
+    return std::nearbyint(v);
+  }
+}
+
+// torch.clamp: NaN passes through
+template <typename T>
+inline T clamp(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+template <typename T>
+struct Mix {
+  int nb;
+  const T* steps;  // |s| floored at MIN_STEP
+  const T* probs;
+  const T* qn;
+  const T* qp;
+  const uint8_t* is_float;
+  // whether the codes of bit-width b fit the vectorised rounding
+  bool magic(int b) const { return static_cast<double>(qn[b]) + 1 < Magic<T>::limit; }
+};
+
+// out = Σ_b term_b, term_b = ((clamp(round(x/s)) · s) · p) or p·x, added in the order of b
+template <typename T, bool kMagic>
+void forward_term(const T* x, T* out, int64_t len, T s, T p, T qn, T qp, bool first) {
+  // rounding after a clamp to one past the range gives the same codes, and keeps |x/s| small
+  const T wlo = -qn - 1, whi = qp + 1;
+  for (int64_t i = 0; i < len; ++i) {
+    T v = x[i] / s;
+    if constexpr (kMagic) v = clamp(v, wlo, whi);
+    const T term = (clamp(round_even<T, kMagic>(v), -qn, qp) * s) * p;
+    out[i] = first ? term : out[i] + term;
+  }
+}
+
+template <typename T>
+HWNAS_CLONES void forward_chunk(const T* x, T* out, int64_t n, const Mix<T>& m) {
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const T* xb = x + start;
+    T* ob = out + start;
+    for (int b = 0; b < m.nb; ++b) {
+      const bool first = b == 0;
+      const T p = m.probs[b];
+      if (m.is_float[b]) {
+        for (int64_t i = 0; i < len; ++i) ob[i] = first ? p * xb[i] : ob[i] + p * xb[i];
+      } else if (m.magic(b)) {
+        forward_term<T, true>(xb, ob, len, m.steps[b], p, m.qn[b], m.qp[b], first);
+      } else {
+        forward_term<T, false>(xb, ob, len, m.steps[b], p, m.qn[b], m.qp[b], first);
+      }
+    }
+  }
+}
+
+struct Sums {
+  double codes[kMaxBits][kLanes];  // Σ grad·code
+  double lsq[kMaxBits][kLanes];    // Σ grad·(code − keep·x/s)
+};
+
+// Σ v[i] into kLanes partial sums (lane = i mod kLanes), a loop that vectorises
+inline void accumulate(const double* v, int64_t len, double* acc) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += v[i + l];
+  }
+  for (int l = 0; i < len; ++i, ++l) acc[l] += v[i];
+}
+
+// one quantised bit-width over a block: slope += keep·p; grad·code and grad·(code − keep·x/s)
+// as double products (exact for float)
+template <typename T, bool kMagic>
+void backward_term(const T* g, const T* x, T* slope, int64_t len, T s, T p, T qn, T qp,
+                   bool first, double* by_code, double* by_lsq) {
+  for (int64_t i = 0; i < len; ++i) {
+    const T scaled = x[i] / s;
+    const T clipped = clamp(scaled, -qn, qp);
+    const T keep = static_cast<T>(clipped == scaled);
+    const T code = round_even<T, kMagic>(clipped);
+    const double gd = static_cast<double>(g[i]);
+    by_code[i] = gd * static_cast<double>(code);
+    by_lsq[i] = gd * static_cast<double>(code - scaled * keep);
+    const T inside = keep * p;
+    slope[i] = first ? inside : slope[i] + inside;
+  }
+}
+
+template <typename T>
+HWNAS_CLONES void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const Mix<T>& m, Sums& sums) {
+  for (int b = 0; b < m.nb; ++b) {
+    for (int l = 0; l < kLanes; ++l) sums.codes[b][l] = sums.lsq[b][l] = 0.0;
+  }
+  T slope[kBlock];
+  double by_code[kBlock], by_lsq[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const T* gb = g + start;
+    const T* xb = x + start;
+    for (int b = 0; b < m.nb; ++b) {
+      const bool first = b == 0;
+      const T p = m.probs[b];
+      if (m.is_float[b]) {
+        for (int64_t i = 0; i < len; ++i) {
+          by_code[i] = static_cast<double>(gb[i]) * static_cast<double>(xb[i]);
+          slope[i] = first ? p : slope[i] + p;
+        }
+      } else {
+        if (m.magic(b)) {
+          backward_term<T, true>(gb, xb, slope, len, m.steps[b], p, m.qn[b], m.qp[b], first,
+                                 by_code, by_lsq);
+        } else {
+          backward_term<T, false>(gb, xb, slope, len, m.steps[b], p, m.qn[b], m.qp[b], first,
+                                  by_code, by_lsq);
+        }
+        accumulate(by_lsq, len, sums.lsq[b]);
+      }
+      accumulate(by_code, len, sums.codes[b]);
+    }
+    T* ob = gx + start;
+    for (int64_t i = 0; i < len; ++i) ob[i] = gb[i] * slope[i];
+  }
+}
+
+// static contiguous chunks, one per thread (the calling thread takes the first)
+template <typename F>
+int run_chunks(int64_t n, int nthreads, F&& work) {
+  int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / kMinPerThread)));
+  const int64_t per = ((n + chunks - 1) / chunks + kBlock - 1) / kBlock * kBlock;
+  chunks = static_cast<int>((n + per - 1) / std::max<int64_t>(per, 1));
+  chunks = std::max(chunks, 1);
+  std::vector<std::thread> pool;
+  for (int c = 1; c < chunks; ++c) {
+    const int64_t lo = c * per;
+    pool.emplace_back([&work, c, lo, n, per] { work(c, lo, std::min(n, lo + per) - lo); });
+  }
+  work(0, 0, std::min(n, per));
+  for (auto& t : pool) t.join();
+  return chunks;
+}
+
+template <typename T>
+int act_forward(const T* x, T* out, int64_t n, int nb, const T* steps, const T* probs,
+                const T* qn, const T* qp, const uint8_t* is_float, int nthreads) {
+  if (nb < 1 || nb > kMaxBits) return -1;
+  const Mix<T> m{nb, steps, probs, qn, qp, is_float};
+  run_chunks(n, nthreads, [&](int, int64_t lo, int64_t len) {
+    forward_chunk(x + lo, out + lo, len, m);
+  });
+  return 0;
+}
+
+template <typename T>
+int act_backward(const T* grad, const T* x, T* grad_x, int64_t n, int nb, const T* steps,
+                 const T* probs, const T* qn, const T* qp, const uint8_t* is_float,
+                 double* sum_codes, double* sum_lsq, int nthreads) {
+  if (nb < 1 || nb > kMaxBits) return -1;
+  const Mix<T> m{nb, steps, probs, qn, qp, is_float};
+  std::vector<Sums> partial(static_cast<size_t>(std::max(nthreads, 1)));
+  const int chunks = run_chunks(n, nthreads, [&](int c, int64_t lo, int64_t len) {
+    backward_chunk(grad + lo, x + lo, grad_x + lo, len, m, partial[c]);
+  });
+  for (int b = 0; b < nb; ++b) {
+    double codes = 0.0, lsq = 0.0;
+    for (int c = 0; c < chunks; ++c) {
+      for (int l = 0; l < kLanes; ++l) {
+        codes += partial[c].codes[b][l];
+        lsq += partial[c].lsq[b][l];
+      }
+    }
+    sum_codes[b] = codes;
+    sum_lsq[b] = lsq;
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int hwnas_act_forward_f32(const float* x, float* out, int64_t n, int32_t nb, const float* steps,
+                          const float* probs, const float* qn, const float* qp,
+                          const uint8_t* is_float, int32_t nthreads) {
+  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, nthreads);
+}
+
+int hwnas_act_forward_f64(const double* x, double* out, int64_t n, int32_t nb,
+                          const double* steps, const double* probs, const double* qn,
+                          const double* qp, const uint8_t* is_float, int32_t nthreads) {
+  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, nthreads);
+}
+
+int hwnas_act_backward_f32(const float* grad, const float* x, float* grad_x, int64_t n,
+                           int32_t nb, const float* steps, const float* probs, const float* qn,
+                           const float* qp, const uint8_t* is_float, double* sum_codes,
+                           double* sum_lsq, int32_t nthreads) {
+  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, sum_codes, sum_lsq,
+                      nthreads);
+}
+
+int hwnas_act_backward_f64(const double* grad, const double* x, double* grad_x, int64_t n,
+                           int32_t nb, const double* steps, const double* probs,
+                           const double* qn, const double* qp, const uint8_t* is_float,
+                           double* sum_codes, double* sum_lsq, int32_t nthreads) {
+  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, sum_codes, sum_lsq,
+                      nthreads);
+}
+
+}  // extern "C"
