@@ -321,8 +321,12 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
         "goal_search_over_plain": 3.0,
         "goal_met": min(r["median"] for k, r in ratios.items() if k.startswith("relaxed")) <= 1.1,
     }
+    from supernet.fused import act_kernels
+
+    # "eager" rounds run the default activation kernels: native C++ on CPU where they build
     settings = {"batch_size": mode(quick).batch_size, "warmup_rounds": warmup,
                 "timed_rounds": rounds, "device": str(opts.device), "kernels": list(kinds),
+                "default_act_kernels": act_kernels(),
                 "memory_method": "cuda max_memory_allocated above the pre-step level"
                 if opts.device.type == "cuda" else
                 "torch.profiler memory events: peak bytes allocated during the step"}
