@@ -40,6 +40,7 @@ def assert_ranks_agree(out) -> None:
     assert any(a[k].abs().sum() > 0 for k in alphas)
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_plain_ddp_ranks_end_bit_identical(tiny_table, tmp_path):
     """`--trainer.strategy=ddp`: no unused-parameter search, so every parameter DDP holds
     must get a gradient in every backward."""

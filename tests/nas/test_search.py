@@ -77,6 +77,7 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_kill_and_resume_gives_the_uninterrupted_result(tiny_table, tmp_path):
     L.seed_everything(0)
     straight = make_search(tiny_table, arch_entropy=0.1)
@@ -126,6 +127,7 @@ def non_default_arguments(table: str) -> dict:
         alpha_trains_weights=True, sandwich_start=0.5)
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp_path):
     import inspect
     from dataclasses import asdict
@@ -146,6 +148,7 @@ def test_every_constructor_argument_survives_checkpoint_and_load(tiny_table, tmp
     assert [b.budget for b in loaded.budgets] == [b.budget for b in module.budgets]
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_same_seed_gives_the_same_search_whatever_the_global_rng(tiny_table, tmp_path):
     from costmodels.profile import torch_threads
     from nas.quickstart import run_search
@@ -322,6 +325,7 @@ def strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(s for s, n in zip(t.stride(), t.shape, strict=True) if n > 1)
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_channels_last_trains_the_same_network(tiny_table, tmp_path):
     """The layout changes the speed, not the training. Fused steps read a parameter, its
     gradient and its momentum as one layout (torch does not check), so they must agree."""

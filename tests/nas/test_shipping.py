@@ -29,6 +29,7 @@ def cases(space, n=15):
     return [(random_alpha(space, gen), space.sample(rng)) for _ in range(n)]
 
 
+@pytest.mark.slow  # seconds of training; CI runs the slow suite too
 def test_a_ceiling_is_never_exceeded_and_the_cost_lands_in_the_band(tiny_space, costs):
     lat = costs["latency_ms"]
     in_band = 0
