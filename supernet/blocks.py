@@ -48,13 +48,10 @@ def group_choice(keys: BlockKeys, dense: Choice, expand: Choice) -> Choice:
     if not isinstance(dense, Mix) and not isinstance(expand, Mix):
         return block_groups(keys, dense, expand)
 
-    def p(c: Choice, v) -> torch.Tensor | float:
-        if isinstance(c, Mix):
-            return c.probs[c.values.index(v)] if v in c.values else c.probs.sum() * 0
-        return float(c == v)
+    def p(c: Choice, v) -> torch.Tensor | float:  # v is always one of a mix's values
+        return c.probs[c.values.index(v)] if isinstance(c, Mix) else float(c == v)
 
-    like = (dense if isinstance(dense, Mix) else expand).probs
-    grouped = torch.as_tensor(p(dense, 0) * p(expand, keys.grouped_expand)).to(like)
+    grouped = p(dense, 0) * p(expand, keys.grouped_expand)  # a tensor: one side is a Mix
     return Mix(torch.stack([grouped, 1 - grouped]), (keys.groups, 1))
 
 

@@ -163,8 +163,7 @@ class SearchSpace:
         if st.grouped is None:
             return
         where = f"stages[{stage - 1}].grouped"
-        src = self.stem.channels if stage == 1 else self.stages[stage - 2].widths
-        ins = (src,) if isinstance(src, int) else src
+        ins = self._in_widths(stage)
         if len(ins) != 1 or len(st.widths) != 1:
             raise SpaceError(f"{where}: grouped convs need one fixed width for the stage and its "
                              f"input, got widths {list(st.widths)} after {list(ins)}")
@@ -183,9 +182,12 @@ class SearchSpace:
         if index > 1:
             return True
         st = self.stages[stage - 1]
-        src = self.stem.channels if stage == 1 else self.stages[stage - 2].widths
-        ins = (src,) if isinstance(src, int) else src
+        ins = self._in_widths(stage)
         return st.stride == 1 and len(ins) == 1 and st.widths == ins
+
+    def _in_widths(self, stage: int) -> tuple[int, ...]:
+        """The widths a stage's input can have: the stem's channels or the previous stage's."""
+        return (self.stem.channels,) if stage == 1 else self.stages[stage - 2].widths
 
     def _build_blocks(self) -> tuple[BlockKeys, ...]:
         out = []

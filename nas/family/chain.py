@@ -149,9 +149,9 @@ def nested_path(space: SearchSpace, probs: Mapping[str, torch.Tensor], cost: Cos
 
 def canonical(space: SearchSpace, arch: ArchConfig) -> ArchConfig:
     """``arch`` with the decisions that change nothing written one way: those of stages past
-    its exit (which never run) at their smallest choice, and a block's grouped-convs decision
-    at an expansion above the grouped one at 1 (the block is dense there). The same network;
-    two configs nested before are nested after."""
+    its exit (which never run) at their smallest choice, and a block's grouped-convs decision,
+    at an expansion with no grouped candidate, as 1 (the block is dense there). The same
+    network; two configs nested before are nested after."""
     past = {d.key for d in space.decisions if d.stage is not None and d.stage > arch["exit"]}
     dense = {b.dense for b in space.blocks
              if b.dense and b.dense not in past and arch[b.expand] != b.grouped_expand}
