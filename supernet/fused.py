@@ -121,16 +121,22 @@ def _native_args(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
     return (steps, probs), ptrs
 
 
+def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> None:
+    """The kernel ``name`` for x's dtype on ``args`` and this process's thread count."""
+    fn = getattr(_native_library(), name + NATIVE_DTYPES[x.dtype])
+    if fn(*args, torch.get_num_threads()):
+        raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
+                         f"at most {NATIVE_MAX_BITS}")
+
+
 def native_act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
                        bits: tuple[int, ...]) -> torch.Tensor:
     """`act_forward` in one pass: the same floats, in x's layout (CPU, float32/float64)."""
     x = _dense(x)
     out = torch.empty_like(x)
     alive, ptrs = _native_args(x, steps, probs, bits)  # the tensors behind the pointers
-    fn = getattr(_native_library(), "hwnas_act_forward" + NATIVE_DTYPES[x.dtype])
-    if fn(x.data_ptr(), out.data_ptr(), x.numel(), len(bits), *ptrs, torch.get_num_threads()):
-        raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
-                         f"at most {NATIVE_MAX_BITS}")
+    _call_native("hwnas_act_forward", x, bits, x.data_ptr(), out.data_ptr(), x.numel(),
+                 len(bits), *ptrs)
     return out
 
 
@@ -144,11 +150,9 @@ def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor
     grad_x = torch.empty_like(x)
     sums = torch.zeros(2, len(bits), dtype=torch.float64)  # Σ grad·code, Σ grad·LSQ slope
     (s, p), ptrs = _native_args(x, steps, probs, bits)
-    fn = getattr(_native_library(), "hwnas_act_backward" + NATIVE_DTYPES[x.dtype])
-    if fn(grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(), len(bits), *ptrs,
-          sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads()):
-        raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
-                         f"at most {NATIVE_MAX_BITS}")
+    _call_native("hwnas_act_backward", x, bits, grad.data_ptr(), x.data_ptr(),
+                 grad_x.data_ptr(), x.numel(), len(bits), *ptrs, sums[0].data_ptr(),
+                 sums[1].data_ptr())
     per_sample = x[0].numel()
     is_float = torch.tensor([b >= FLOAT_BITS for b in bits])
     # ⟨grad, Q_b(x)⟩ = s_b·Σ grad·code; 32 bits: Σ grad·x
