@@ -412,3 +412,36 @@ def test_a_checkpoint_written_before_alpha_was_renamed_still_loads(tiny_table, t
     loaded = load_search(old)
     for key in search.alpha.space.decisions:
         assert torch.equal(loaded.alpha.logits(key.key), search.alpha.logits(key.key).cpu())
+
+
+def test_the_joint_pass_trains_every_exit_and_prices_the_exit_exactly(tiny_table):
+    """With ``alpha_trains_weights`` the α pass trains the weights as their own relaxed pass
+    would (every exit's loss, however unlikely α makes that exit), while α's exit decision
+    keeps the gradient of the exit-weighted loss."""
+    torch.manual_seed(0)
+    module = make_search(tiny_table, budget=BudgetSpec(fraction=0.5, loss="hinge"),
+                         relaxation="softmax", alpha_trains_weights=True)
+    with torch.no_grad():  # the first exit all but ruled out
+        module.alpha.logits("exit").copy_(torch.tensor([-200.0, 0.0]))
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 4, (8,))
+    weights = [p for n, p in module.named_parameters() if n.startswith("net.")]
+    exit_alpha = module.alpha.logits("exit")
+    gen = torch.Generator()
+
+    def grads(loss):
+        return torch.autograd.grad(loss, [*weights, exit_alpha], allow_unused=True)
+
+    *joint_w, joint_exit = grads(module.arch_loss(x, y, gen, trains_weights=True)[0])
+    *alone_w, alone_exit = grads(module.arch_loss(x, y, gen)[0])
+    *ref_w, _ = grads(module.task_loss(module.net(x, module.alpha.probs(module.tau)), y))
+    first_head = [i for i, (n, _) in enumerate(module.named_parameters())
+                  if n.startswith("net.heads.1.")]
+    assert first_head
+    for i in first_head:  # the unlikely exit learns in the joint pass, not in α's own
+        assert joint_w[i].abs().sum() > 0 and alone_w[i].abs().sum() < 1e-9
+    for got, want in zip(joint_w, ref_w):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(joint_exit, alone_exit, rtol=1e-5, atol=1e-9)
+    assert joint_exit.abs().sum() > 0
