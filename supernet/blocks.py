@@ -22,7 +22,7 @@ from supernet.groups import (
     project_mask,
     unshuffle_inputs,
 )
-from supernet.mix import Choice, Mix, apply_width, combine, mix_outputs
+from supernet.mix import Choice, Mix, apply_width, combine, mix_outputs, width_mask
 from supernet.quant import ActQuantizer
 from supernet.topology import BlockKeys, block_groups
 
@@ -135,11 +135,16 @@ class ElasticInvertedResidual(nn.Module):
         shortcut = x
         pw_mask, pwl_mask = self._masks(c.groups)
         x = self.quant_in(x, c.abits)
-        x = apply_width(self.act(self.bn1(self.conv_pw(x, c.mid, 1, c.wbits, pw_mask))), c.mid)
+        x = self.act(self.bn1(self.conv_pw(x, c.mid, 1, c.wbits, pw_mask)))
+        # A mixed hidden width masks the quantized activation, folded onto the next conv's
+        # weight: E over widths of Q(mask_w·x) is mask·Q(x) exactly (0/1 masks, Q(0) = 0),
+        # and one op on the weight replaces two on the activation (forward and backward).
+        mid_mask = width_mask(c.mid, x.shape[1])
         x = self.quant_mid(x, c.abits)
-        x = apply_width(self.act(self.bn2(self.conv_dw(x, c.mid, c.kernel, c.wbits))), c.mid)
+        x = self.act(self.bn2(self.conv_dw(x, c.mid, c.kernel, c.wbits, in_mask=mid_mask)))
         x = self.quant_dw(x, c.abits)
-        x = apply_width(self.bn3(self.conv_pwl(x, c.out, 1, c.wbits, pwl_mask)), c.out)
+        x = self.conv_pwl(x, c.out, 1, c.wbits, pwl_mask, in_mask=mid_mask)
+        x = apply_width(self.bn3(x), c.out)
         return shortcut + self.drop_path(x) if self.residual else x
 
     def static(self, cin: int, c: BlockChoice) -> nn.Module:

@@ -47,7 +47,8 @@ class ElasticConv2d(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
 
     def _weight(self, cin: int, out: Choice, kernel: Choice, bits: Choice,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, in_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
         w = mixed_weight(self.weight, bits)  # quantize first: the scale sees the whole tensor
         cout = cin if self.depthwise else width_of(out, self.weight.shape[0])
         if cout < w.shape[0]:  # slice only when smaller: a full slice costs a copy in backward
@@ -56,14 +57,20 @@ class ElasticConv2d(nn.Module):
             w = w[:, :cin]
         if mask is not None:  # (out, in) connectivity, e.g. grouped 1x1 convs
             w = w * mask[:w.shape[0], :w.shape[1], None, None].to(w.dtype)
+        if in_mask is not None:  # a per-channel scale of the input, folded onto the weight
+            shape = (-1, 1, 1, 1) if self.depthwise else (1, -1, 1, 1)
+            w = w * in_mask.to(w.dtype).view(shape)
         if isinstance(kernel, Mix):
             return w * kernel_mask(kernel, self.kernel_size, w)
         return centre_crop(w, int(kernel))
 
     def forward(self, x: torch.Tensor, out: Choice, kernel: Choice, bits: Choice,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, in_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``in_mask`` (one value per input channel) scales the input: conv(x·m, w) is
+        conv(x, w·m), an op on the small weight instead of the activation."""
         cin = x.shape[1]
-        w = self._weight(cin, out, kernel, bits, mask)
+        w = self._weight(cin, out, kernel, bits, mask, in_mask)
         groups = cin if self.depthwise else 1
         return F.conv2d(x, w, stride=self.stride, padding=w.shape[-1] // 2, groups=groups)
 

@@ -83,6 +83,12 @@ def width_of(c: Choice, size: int) -> int:
     return size if isinstance(c, Mix) else int(c)
 
 
+def width_mask(width: Choice, size: int) -> torch.Tensor | None:
+    """The expected channel mask of a mixed width over ``size`` channels; None for a concrete
+    width (sliced, not masked)."""
+    return prefix_mask(width, size) if isinstance(width, Mix) else None
+
+
 def apply_width(x: torch.Tensor, width: Choice) -> torch.Tensor:
     """Mask channels of a full-width activation by a mixed width; concrete widths are sliced."""
     if not isinstance(width, Mix):

@@ -71,3 +71,19 @@ def test_static_quantizer_matches_the_learned_one():
     x = torch.randn(16, 8) * 2
     for bits in (4, 8, 32):
         assert torch.equal(q.static(bits)(x), q(x, bits))
+
+
+def test_a_mixed_width_mask_commutes_with_the_mixed_quantizer():
+    """E over widths of Q(mask_w·x) is mask·Q(x): why the block masks after its quantizers
+    (and folds the mask onto the next conv's weight) without changing the expectation."""
+    from supernet.mix import prefix_mask
+    torch.manual_seed(0)
+    quant = ActQuantizer((4, 8, 32))
+    x = torch.randn(4, 6, 5, 5)
+    bits = Mix(torch.tensor([0.2, 0.5, 0.3]), (4, 8, 32))
+    width = Mix(torch.tensor([0.1, 0.6, 0.3]), (2, 4, 6))
+    expected = sum(p * quant(x * (torch.arange(6) < w).float().view(1, -1, 1, 1), bits)
+                   for p, w in zip(width.probs, width.values, strict=True))
+    mask = prefix_mask(width, 6).view(1, -1, 1, 1)
+    torch.testing.assert_close(mask * quant(x, bits), expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(quant(mask * x, bits), expected, atol=1e-3)  # the old order
