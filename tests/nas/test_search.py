@@ -439,7 +439,7 @@ def test_the_joint_pass_trains_every_exit_and_prices_the_exit_exactly(tiny_table
     assert first_head
     for i in first_head:  # the unlikely exit learns in the joint pass, not in α's own
         assert joint_w[i].abs().sum() > 0 and alone_w[i].abs().sum() < 1e-9
-    for got, want in zip(joint_w, ref_w):
+    for got, want in zip(joint_w, ref_w, strict=True):
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
