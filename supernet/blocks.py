@@ -6,6 +6,7 @@ return a static copy of itself at a concrete setting (`static`).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ def group_choice(keys: BlockKeys, dense: Choice, expand: Choice) -> Choice:
 
     grouped = p(dense, 0) * p(expand, keys.grouped_expand)  # a tensor: one side is a Mix
     return Mix(torch.stack([grouped, 1 - grouped]), (keys.groups, 1))
+
+
+def act_clip(act: nn.Module) -> tuple[float, float] | None:
+    """The (lo, hi) clamp an activation is, for the quantizer to fuse; None for others."""
+    if isinstance(act, nn.ReLU6):
+        return 0.0, 6.0
+    if type(act) is nn.ReLU:
+        return 0.0, math.inf
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class ElasticInvertedResidual(nn.Module):
             nn.init.ones_(self.bn3.weight)
         self.act_name = act
         self.act = create_act_layer(act)
+        self.clip = act_clip(self.act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: BlockChoice) -> torch.Tensor:
@@ -115,6 +126,13 @@ class ElasticInvertedResidual(nn.Module):
             return mix_outputs(c.run, [self._run(x, c) if v else self._skip(x, c)
                                        for v in c.run.values])
         return self._run(x, c) if int(c.run) else self._skip(x, c)
+
+    def _act_quant(self, x: torch.Tensor, quant: ActQuantizer, bits: Choice) -> torch.Tensor:
+        """act → quant; a mixed quantizer runs a ReLU/ReLU6 in its own pass (one pass over
+        the activation less, each way)."""
+        if self.clip is not None and isinstance(bits, Mix):
+            return quant(x, bits, clip=self.clip)
+        return quant(self.act(x), bits)
 
     def _skip(self, x: torch.Tensor, c: BlockChoice) -> torch.Tensor:
         if self.skip_conv is None:
@@ -135,14 +153,14 @@ class ElasticInvertedResidual(nn.Module):
         shortcut = x
         pw_mask, pwl_mask = self._masks(c.groups)
         x = self.quant_in(x, c.abits)
-        x = self.act(self.bn1(self.conv_pw(x, c.mid, 1, c.wbits, pw_mask)))
+        x = self.bn1(self.conv_pw(x, c.mid, 1, c.wbits, pw_mask))
         # A mixed hidden width masks the quantized activation, folded onto the next conv's
         # weight: E over widths of Q(mask_w·x) is mask·Q(x) exactly (0/1 masks, Q(0) = 0),
         # and one op on the weight replaces two on the activation (forward and backward).
         mid_mask = width_mask(c.mid, x.shape[1])
-        x = self.quant_mid(x, c.abits)
-        x = self.act(self.bn2(self.conv_dw(x, c.mid, c.kernel, c.wbits, in_mask=mid_mask)))
-        x = self.quant_dw(x, c.abits)
+        x = self._act_quant(x, self.quant_mid, c.abits)
+        x = self.bn2(self.conv_dw(x, c.mid, c.kernel, c.wbits, in_mask=mid_mask))
+        x = self._act_quant(x, self.quant_dw, c.abits)
         x = self.conv_pwl(x, c.out, 1, c.wbits, pwl_mask, in_mask=mid_mask)
         x = apply_width(self.bn3(x), c.out)
         return shortcut + self.drop_path(x) if self.residual else x

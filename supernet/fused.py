@@ -30,6 +30,7 @@ import torch
 
 FLOAT_BITS = 32
 MIN_STEP = 1e-8  # floor of a learned activation step, so x/s stays finite
+Clip = tuple[float, float] | None  # (lo, hi) of a ReLU/ReLU6 fused before a quantizer
 
 
 def _bounds(bits: int) -> tuple[int, int]:
@@ -39,10 +40,13 @@ def _bounds(bits: int) -> tuple[int, int]:
 
 # -- activations (LSQ, learned step per bit-width) ---------------------------------------------
 def act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                bits: tuple[int, ...]) -> torch.Tensor:
+                bits: tuple[int, ...], clip: Clip = None) -> torch.Tensor:
     """Σ_b p_b · s_b·clamp(round(x/s_b), −qn, qp) with s_b = max(|steps_b|, MIN_STEP); 32 bits
-    contributes p_b·x. The reference's float ops in its order, so the values are identical."""
+    contributes p_b·x. The reference's float ops in its order, so the values are identical.
+    ``clip`` (lo, hi) first clamps x: the ReLU or ReLU6 before the quantizer, fused into it."""
     steps = steps.abs().clamp_min(MIN_STEP)
+    if clip is not None:
+        x = x.clamp(*clip)
     out = None
     for i, b in enumerate(bits):
         if b >= FLOAT_BITS:
@@ -55,10 +59,15 @@ def act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
 
 
 def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                 bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of x (straight-through inside each range, weighed by p_b), of the steps (LSQ,
+                 bits: tuple[int, ...], clip: Clip = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of x (straight-through inside each range, weighed by p_b; with ``clip``, zero
+    where x is not strictly inside (lo, hi), as ReLU's and ReLU6's backward), of the steps (LSQ,
     scaled by 1/sqrt(numel per sample · qp)) and of the probabilities (⟨grad, Q_b(x)⟩)."""
     per_sample = x[0].numel()
+    raw_x = x
+    if clip is not None:
+        x = x.clamp(*clip)
     raw, steps = steps, steps.abs().clamp_min(MIN_STEP)
     slope, d_steps, d_probs = None, [], []
     for i, b in enumerate(bits):
@@ -80,7 +89,10 @@ def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs
         slope = inside if slope is None else slope + inside
     # through |s| and the floor, as autograd differentiates abs() and clamp_min()
     d_raw = torch.stack(d_steps) * raw.sgn() * (raw.abs() >= MIN_STEP)
-    return grad * slope, d_raw, torch.stack(d_probs)
+    d_x = grad * slope
+    if clip is not None:
+        d_x = torch.where((raw_x > clip[0]) & (raw_x < clip[1]), d_x, 0.0)
+    return d_x, d_raw, torch.stack(d_probs)
 
 
 # -- activations, native CPU kernels (csrc/act_quant.cpp): each in one pass over the tensor -----
@@ -113,12 +125,16 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _native_args(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                 bits: tuple[int, ...]) -> tuple:
+                 bits: tuple[int, ...], clip: Clip) -> tuple:
+    """The kernels' pointer arguments after the length and bit count, and the tensors behind
+    them (the caller keeps those alive)."""
     steps = steps.detach().abs().clamp_min(MIN_STEP).to(x.dtype).contiguous()
     probs = probs.detach().to(x.dtype).contiguous()
     qn, qp, is_float = _native_bounds(bits, x.dtype)
+    bounds = None if clip is None else torch.tensor(clip, dtype=x.dtype)
     ptrs = [t.data_ptr() for t in (steps, probs, qn, qp, is_float)]
-    return (steps, probs), ptrs
+    ptrs.append(None if bounds is None else bounds.data_ptr())  # null: no clamp
+    return (steps, probs, bounds), ptrs
 
 
 def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> None:
@@ -130,18 +146,18 @@ def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> No
 
 
 def native_act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                       bits: tuple[int, ...]) -> torch.Tensor:
+                       bits: tuple[int, ...], clip: Clip = None) -> torch.Tensor:
     """`act_forward` in one pass: the same floats, in x's layout (CPU, float32/float64)."""
     x = _dense(x)
     out = torch.empty_like(x)
-    alive, ptrs = _native_args(x, steps, probs, bits)  # the tensors behind the pointers
+    alive, ptrs = _native_args(x, steps, probs, bits, clip)  # the tensors behind the pointers
     _call_native("hwnas_act_forward", x, bits, x.data_ptr(), out.data_ptr(), x.numel(),
                  len(bits), *ptrs)
     return out
 
 
 def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor,
-                        probs: torch.Tensor, bits: tuple[int, ...]
+                        probs: torch.Tensor, bits: tuple[int, ...], clip: Clip = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`act_backward` in one pass: ∂/∂x bit-identical, the per-bit-width sums in double."""
     x = _dense(x)
@@ -149,7 +165,7 @@ def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor
         grad = torch.empty_like(x).copy_(grad)
     grad_x = torch.empty_like(x)
     sums = torch.zeros(2, len(bits), dtype=torch.float64)  # Σ grad·code, Σ grad·LSQ slope
-    (s, p), ptrs = _native_args(x, steps, probs, bits)
+    (s, p, kept), ptrs = _native_args(x, steps, probs, bits, clip)
     _call_native("hwnas_act_backward", x, bits, grad.data_ptr(), x.data_ptr(),
                  grad_x.data_ptr(), x.numel(), len(bits), *ptrs, sums[0].data_ptr(),
                  sums[1].data_ptr())
@@ -268,17 +284,17 @@ class MixedActQuant(torch.autograd.Function):
     """Σ_b p_b·LSQ_b(x): one node, one saved tensor (``x``), all gradients in one backward."""
 
     @staticmethod
-    def forward(ctx, x, steps, probs, bits: tuple[int, ...]):
+    def forward(ctx, x, steps, probs, bits: tuple[int, ...], clip: Clip = None):
         ctx.save_for_backward(x, steps, probs)
-        ctx.bits = bits
-        return _act_kernels(x, bits)["act_forward"](x, steps, probs, bits)
+        ctx.bits, ctx.clip = bits, clip
+        return _act_kernels(x, bits)["act_forward"](x, steps, probs, bits, clip)
 
     @staticmethod
     def backward(ctx, grad):
         x, steps, probs = ctx.saved_tensors
         run = _act_kernels(x, ctx.bits)["act_backward"]
-        d_x, d_steps, d_probs = run(grad, x, steps, probs, ctx.bits)
-        return d_x, d_steps, d_probs, None
+        d_x, d_steps, d_probs = run(grad, x, steps, probs, ctx.bits, ctx.clip)
+        return d_x, d_steps, d_probs, None, None
 
 
 class MixedWeightQuant(torch.autograd.Function):
@@ -302,11 +318,13 @@ class MixedWeightQuant(torch.autograd.Function):
 
 
 def mixed_act_quant(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                    bits: tuple[int, ...]) -> torch.Tensor:
+                    bits: tuple[int, ...], clip: Clip = None) -> torch.Tensor:
     """Σ_b probs[b]·LSQ(x, |steps[b]|, bits[b]): ``steps`` are the learned step sizes, one per
-    bit-width (the entry of 32 bits is unused), used by magnitude, at least ``MIN_STEP``."""
+    bit-width (the entry of 32 bits is unused), used by magnitude, at least ``MIN_STEP``;
+    ``clip`` (lo, hi) clamps x first, in the same pass (a fused ReLU/ReLU6)."""
     probs = probs if probs.dtype == x.dtype else probs.to(x.dtype)
-    return MixedActQuant.apply(x, steps, probs, tuple(int(b) for b in bits))
+    clip = None if clip is None else (float(clip[0]), float(clip[1]))
+    return MixedActQuant.apply(x, steps, probs, tuple(int(b) for b in bits), clip)
 
 
 def mixed_weight_quant(w: torch.Tensor, probs: torch.Tensor,

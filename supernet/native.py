@@ -32,9 +32,9 @@ SWITCH = "HWNAS_NATIVE_KERNELS"
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 # (name, argument types); every function returns 0, or −1 for a mix it cannot take
 SIGNATURES = {
-    "hwnas_act_forward": (_PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _I32),
+    "hwnas_act_forward": (_PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I32),
     "hwnas_act_backward": (_PTR, _PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                           _PTR, _I32),
+                           _PTR, _PTR, _I32),
 }
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from supernet.fused import FLOAT_BITS, MIN_STEP, mixed_act_quant, mixed_weight_quant
+from supernet.fused import FLOAT_BITS, MIN_STEP, Clip, mixed_act_quant, mixed_weight_quant
 from supernet.mix import Choice, Mix
 
 
@@ -109,13 +109,15 @@ class ActQuantizer(nn.Module):
         self.bit_choices = tuple(int(b) for b in bit_choices)
         self.step = nn.Parameter(torch.tensor([initial_step(b) for b in self.bit_choices]))
 
-    def forward(self, x: torch.Tensor, bits: Choice) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bits: Choice, clip: Clip = None) -> torch.Tensor:
+        """Quantize ``x``, clamped first to ``clip`` (lo, hi) if given: a ReLU or ReLU6 run
+        inside the mixed quantizer's own pass."""
         if not isinstance(bits, Mix):
-            return self._at(x, int(bits))
+            return self._at(x if clip is None else x.clamp(*clip), int(bits))
         steps = self.step
         if tuple(bits.values) != self.bit_choices:
             steps = steps[[self.bit_choices.index(int(b)) for b in bits.values]]
-        return mixed_act_quant(x, steps, bits.probs, bits.values)
+        return mixed_act_quant(x, steps, bits.probs, bits.values, clip)
 
     def reference(self, x: torch.Tensor, bits: Mix) -> torch.Tensor:
         """Σ_b p_b·LSQ_b(x), one quantizer per bit-width: what `forward` fuses."""

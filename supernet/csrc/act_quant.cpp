@@ -1,4 +1,6 @@
 // Σ_b p_b·LSQ_b(x) and its backward in one pass over the tensor (CPU, float and double).
+// Optionally x is first clamped to [lo, hi] (the ReLU or ReLU6 before the quantizer, fused: its
+// backward zeroes the gradient where x is not strictly inside, as the eager prologue does).
 //
 // The values mirror the eager torch ops of supernet/fused.py (act_forward, act_backward) float
 // op by float op, in their order, so the forward and grad_x are bit-identical; build with
@@ -60,6 +62,7 @@ struct Mix {
   const T* qn;
   const T* qp;
   const uint8_t* is_float;
+  const T* clip;   // {lo, hi} of the clamp before quantizing, or null
   // whether the codes of bit-width b fit the vectorised rounding
   bool magic(int b) const { return static_cast<double>(qn[b]) + 1 < Magic<T>::limit; }
 };
@@ -77,11 +80,21 @@ void forward_term(const T* x, T* out, int64_t len, T s, T p, T qn, T qp, bool fi
   }
 }
 
+// the quantizer's input over a block: x itself, or clamp(x, lo, hi) written to buf
+template <typename T>
+inline const T* prologue(const T* x, T* buf, int64_t len, const Mix<T>& m) {
+  if (m.clip == nullptr) return x;
+  const T lo = m.clip[0], hi = m.clip[1];
+  for (int64_t i = 0; i < len; ++i) buf[i] = clamp(x[i], lo, hi);
+  return buf;
+}
+
 template <typename T>
 HWNAS_CLONES void forward_chunk(const T* x, T* out, int64_t n, const Mix<T>& m) {
+  T clipped[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
-    const T* xb = x + start;
+    const T* xb = prologue(x + start, clipped, len, m);
     T* ob = out + start;
     for (int b = 0; b < m.nb; ++b) {
       const bool first = b == 0;
@@ -134,12 +147,12 @@ HWNAS_CLONES void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const
   for (int b = 0; b < m.nb; ++b) {
     for (int l = 0; l < kLanes; ++l) sums.codes[b][l] = sums.lsq[b][l] = 0.0;
   }
-  T slope[kBlock];
+  T slope[kBlock], clipped[kBlock];
   double by_code[kBlock], by_lsq[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
     const T* gb = g + start;
-    const T* xb = x + start;
+    const T* xb = prologue(x + start, clipped, len, m);
     for (int b = 0; b < m.nb; ++b) {
       const bool first = b == 0;
       const T p = m.probs[b];
@@ -161,7 +174,16 @@ HWNAS_CLONES void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const
       accumulate(by_code, len, sums.codes[b]);
     }
     T* ob = gx + start;
-    for (int64_t i = 0; i < len; ++i) ob[i] = gb[i] * slope[i];
+    if (m.clip == nullptr) {
+      for (int64_t i = 0; i < len; ++i) ob[i] = gb[i] * slope[i];
+    } else {  // the clamp's gradient: zero unless lo < x < hi (a select, as torch.where)
+      const T lo = m.clip[0], hi = m.clip[1];
+      const T* raw = x + start;
+      for (int64_t i = 0; i < len; ++i) {
+        const T through = gb[i] * slope[i];
+        ob[i] = (raw[i] > lo && raw[i] < hi) ? through : T(0);
+      }
+    }
   }
 }
 
@@ -184,9 +206,9 @@ int run_chunks(int64_t n, int nthreads, F&& work) {
 
 template <typename T>
 int act_forward(const T* x, T* out, int64_t n, int nb, const T* steps, const T* probs,
-                const T* qn, const T* qp, const uint8_t* is_float, int nthreads) {
+                const T* qn, const T* qp, const uint8_t* is_float, const T* clip, int nthreads) {
   if (nb < 1 || nb > kMaxBits) return -1;
-  const Mix<T> m{nb, steps, probs, qn, qp, is_float};
+  const Mix<T> m{nb, steps, probs, qn, qp, is_float, clip};
   run_chunks(n, nthreads, [&](int, int64_t lo, int64_t len) {
     forward_chunk(x + lo, out + lo, len, m);
   });
@@ -196,9 +218,9 @@ int act_forward(const T* x, T* out, int64_t n, int nb, const T* steps, const T* 
 template <typename T>
 int act_backward(const T* grad, const T* x, T* grad_x, int64_t n, int nb, const T* steps,
                  const T* probs, const T* qn, const T* qp, const uint8_t* is_float,
-                 double* sum_codes, double* sum_lsq, int nthreads) {
+                 const T* clip, double* sum_codes, double* sum_lsq, int nthreads) {
   if (nb < 1 || nb > kMaxBits) return -1;
-  const Mix<T> m{nb, steps, probs, qn, qp, is_float};
+  const Mix<T> m{nb, steps, probs, qn, qp, is_float, clip};
   std::vector<Sums> partial(static_cast<size_t>(std::max(nthreads, 1)));
   const int chunks = run_chunks(n, nthreads, [&](int c, int64_t lo, int64_t len) {
     backward_chunk(grad + lo, x + lo, grad_x + lo, len, m, partial[c]);
@@ -223,30 +245,32 @@ extern "C" {
 
 int hwnas_act_forward_f32(const float* x, float* out, int64_t n, int32_t nb, const float* steps,
                           const float* probs, const float* qn, const float* qp,
-                          const uint8_t* is_float, int32_t nthreads) {
-  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, nthreads);
+                          const uint8_t* is_float, const float* clip, int32_t nthreads) {
+  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, clip, nthreads);
 }
 
 int hwnas_act_forward_f64(const double* x, double* out, int64_t n, int32_t nb,
                           const double* steps, const double* probs, const double* qn,
-                          const double* qp, const uint8_t* is_float, int32_t nthreads) {
-  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, nthreads);
+                          const double* qp, const uint8_t* is_float, const double* clip,
+                          int32_t nthreads) {
+  return act_forward(x, out, n, nb, steps, probs, qn, qp, is_float, clip, nthreads);
 }
 
 int hwnas_act_backward_f32(const float* grad, const float* x, float* grad_x, int64_t n,
                            int32_t nb, const float* steps, const float* probs, const float* qn,
-                           const float* qp, const uint8_t* is_float, double* sum_codes,
-                           double* sum_lsq, int32_t nthreads) {
-  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, sum_codes, sum_lsq,
-                      nthreads);
+                           const float* qp, const uint8_t* is_float, const float* clip,
+                           double* sum_codes, double* sum_lsq, int32_t nthreads) {
+  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, clip, sum_codes,
+                      sum_lsq, nthreads);
 }
 
 int hwnas_act_backward_f64(const double* grad, const double* x, double* grad_x, int64_t n,
                            int32_t nb, const double* steps, const double* probs,
                            const double* qn, const double* qp, const uint8_t* is_float,
-                           double* sum_codes, double* sum_lsq, int32_t nthreads) {
-  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, sum_codes, sum_lsq,
-                      nthreads);
+                           const double* clip, double* sum_codes, double* sum_lsq,
+                           int32_t nthreads) {
+  return act_backward(grad, x, grad_x, n, nb, steps, probs, qn, qp, is_float, clip, sum_codes,
+                      sum_lsq, nthreads);
 }
 
 }  // extern "C"

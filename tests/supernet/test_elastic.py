@@ -26,3 +26,30 @@ def test_an_input_mask_folded_onto_the_weight_equals_masking_the_input(depthwise
     plain = F.conv2d(x * m.view(1, -1, 1, 1), conv._weight(6, 6, 3, bits), stride=2, padding=1,
                      groups=6 if depthwise else 1)
     torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_relaxed_network_is_the_same_with_its_activations_fused_into_the_quantizers(
+        tiny_space):
+    """Blocks run ReLU6 inside their mixed quantizers (`act_clip`); with the fusion off, the
+    same logits and gradients."""
+    from supernet import SuperNet
+    from supernet.blocks import ElasticInvertedResidual
+
+    torch.manual_seed(0)
+    net = SuperNet(tiny_space)
+    probs = {d.key: torch.softmax(torch.randn(len(d.choices)), -1) for d in tiny_space.decisions}
+    x = torch.randn(4, 1, 16, 16)
+    blocks = [m for m in net.modules() if isinstance(m, ElasticInvertedResidual)]
+    assert blocks and all(b.clip == (0.0, 6.0) for b in blocks)
+    runs = []
+    for fused in (True, False):
+        for b in blocks:
+            b.clip = (0.0, 6.0) if fused else None
+        net.zero_grad()
+        loss = sum(z.square().mean() for z in net(x, probs))
+        loss.backward()
+        runs.append([loss.detach()] + [p.grad.clone() for p in net.parameters()
+                                       if p.grad is not None])
+    assert len(runs[0]) == len(runs[1]) > 10
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

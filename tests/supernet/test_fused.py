@@ -1,5 +1,7 @@
 """The fused mixed quantizers against the per-bit-width reference they replace."""
 
+import math
+
 import pytest
 import torch
 
@@ -217,29 +219,35 @@ def native_cases():
                 yield bits, kind, layout
 
 
+CLIPS = [None, (0.0, 6.0), (0.0, math.inf)]  # none, a fused ReLU6, a fused ReLU
+
+
+@pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize(("bits", "kind", "layout"), list(native_cases()))
-def test_native_kernels_equal_the_eager_ones(native_on, bits, kind, layout):
+def test_native_kernels_equal_the_eager_ones(native_on, bits, kind, layout, clip):
     """Forward and ∂/∂x: the same bits as eager in float32; the step and probability sums
     (in double) within 1e-6 of eager in float64 on the same values."""
     torch.manual_seed(11 + len(bits))
     steps = torch.tensor([0.25, -0.0625, 1.0])[:len(bits)]  # powers of 2: exact ties
     x = tricky((4, 6, 9, 7), steps).contiguous(memory_format=layout)
+    if clip is not None:  # the clamp's edges, exactly
+        x[0, 0, 0, :4] = torch.tensor([0.0, 6.0, 5.999, 6.001])
     p = probabilities(len(bits), kind)
     grad = torch.randn(x.shape).contiguous(memory_format=layout)
-    y = native_act_forward(x, steps, p, bits)
+    y = native_act_forward(x, steps, p, bits, clip)
     assert y.stride() == x.stride()
-    assert torch.equal(bits_of(y), bits_of(act_forward(x, steps, p, bits)))
-    d_x, d_steps, d_probs = native_act_backward(grad, x, steps, p, bits)
-    d_x_ref = act_backward(grad, x, steps, p, bits)[0]
+    assert torch.equal(bits_of(y), bits_of(act_forward(x, steps, p, bits, clip)))
+    d_x, d_steps, d_probs = native_act_backward(grad, x, steps, p, bits, clip)
+    d_x_ref = act_backward(grad, x, steps, p, bits, clip)[0]
     assert torch.equal(bits_of(d_x), bits_of(d_x_ref))
     x64, s64, p64, g64 = x.double(), steps.double(), p.double(), grad.double()
-    ref64 = act_backward(g64, x64, s64, p64, bits)
+    ref64 = act_backward(g64, x64, s64, p64, bits, clip)
     assert_close_rel(d_steps.double(), ref64[1], 1e-6)
     assert_close_rel(d_probs.double(), ref64[2], 1e-6)
     # in float64 the native kernels agree with eager up to the summation order
-    assert torch.equal(bits_of(native_act_forward(x64, s64, p64, bits)),
-                       bits_of(act_forward(x64, s64, p64, bits)))
-    got64 = native_act_backward(g64, x64, s64, p64, bits)
+    assert torch.equal(bits_of(native_act_forward(x64, s64, p64, bits, clip)),
+                       bits_of(act_forward(x64, s64, p64, bits, clip)))
+    got64 = native_act_backward(g64, x64, s64, p64, bits, clip)
     assert torch.equal(bits_of(got64[0]), bits_of(ref64[0]))
     for a, b in zip(got64[1:], ref64[1:], strict=True):
         assert_close_rel(a, b, 1e-12)
@@ -317,3 +325,29 @@ def test_a_failed_build_prints_one_line_and_never_fails_the_install(monkeypatch,
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "not built (false failed on act_quant.cpp" in out[0]
     assert not list((tmp_path / "hwnas" / "kernels").rglob("*.so*"))  # no partial file left
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
+@pytest.mark.parametrize("act", [torch.nn.ReLU6(), torch.nn.ReLU()])
+def test_a_fused_activation_equals_the_activation_then_the_quantizer(native_kernels, act):
+    """``clip`` runs ReLU6/ReLU inside the mixed quantizer: the same values and gradients
+    (x, steps, probabilities) as the activation module followed by the quantizer."""
+    from supernet.blocks import act_clip
+
+    use_native_kernels(native_kernels)
+    torch.manual_seed(3)
+    bits = (4, 8, 32)
+    quant = ActQuantizer(bits)
+    x0 = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last) * 4
+    p0, grad = probabilities(3, "mixed"), torch.randn(4, 6, 5, 5)
+    got = []
+    for fused in (True, False):
+        quant.zero_grad()
+        x, p = leaves(x0, p0)
+        y = quant(x, Mix(p, bits), clip=act_clip(act)) if fused else quant(act(x), Mix(p, bits))
+        y.backward(grad)
+        got.append((y.detach(), x.grad, p.grad, quant.step.grad.clone()))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    for a, b in zip(got[0][2:], got[1][2:], strict=True):
+        assert_close_rel(a, b, 1e-5)
+    assert (got[0][1] == 0).any() and (got[0][1] != 0).any()  # the clamp's gradient is there
