@@ -22,11 +22,11 @@ from benchmarks.training import accuracy_on_test, run_search
 NAME = "schedules"
 # `nas.search.SupernetSearch` arguments of each schedule, over the mode's search config
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "alpha_trains_weights": {"alpha_trains_weights": True},
+    "default": {},  # the α pass trains the weights too
+    "separate_alpha_pass": {"alpha_trains_weights": False},
     "no_random_member": {"sandwich_random": 0},
     "sandwich_start_0.5": {"sandwich_start": 0.5},
-    "all_three": {"alpha_trains_weights": True, "sandwich_random": 0, "sandwich_start": 0.5},
+    "no_random_sandwich_start_0.5": {"sandwich_random": 0, "sandwich_start": 0.5},
 }
 
 

@@ -1,15 +1,18 @@
 """`SupernetSearch`: the Lightning module of the differentiable, budget-aware search.
 
-Each training step is two optimizer steps (manual optimization):
-1. weights, on a ``train`` batch — the relaxed network plus the sandwich rule (largest,
-   smallest and ``sandwich_random`` members drawn from softmax(α)), the smaller members
-   distilled in place from the largest, so members sampled later work without retraining;
-2. α, on a held-out ``search`` batch — the exit-weighted task loss plus the budget penalties
-   on E[cost]; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
-Two options cut passes: ``alpha_trains_weights`` lets the α pass (2) train the weights too, in
-place of the weights' own relaxed pass (one relaxed pass per step, one backward; the weights
-then also see the search batches), and ``sandwich_start`` trains the largest member alone
-(with the relaxed pass) until that share of the run is done, as DεpS does.
+Each training step trains (manual optimization):
+1. the weights, on a ``train`` batch, by the sandwich rule: the largest, the smallest and
+   ``sandwich_random`` members drawn from softmax(α), the smaller members distilled in place
+   from the largest, so members sampled later work without retraining;
+2. α and the weights, on a held-out ``search`` batch, by one relaxed pass: for α the
+   exit-weighted task loss plus the budget penalties on E[cost], for the weights every exit's
+   loss; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
+One backward serves both, so a step runs one relaxed pass. ``alpha_trains_weights=False`` gives
+the weights their own relaxed pass on the train batch and α a separate pass and backward (the
+weights then never see the search batches: 1.3× the step time, the same accuracy at 360 steps,
+BENCHMARKS.md). During the warm-up epochs (α frozen) the weights' own relaxed pass runs.
+``sandwich_start`` trains the largest member alone (with the relaxed pass) until that share of
+the run is done, as DεpS does.
 Two temperatures anneal exponentially over the α phase, batch by batch: ``tau`` of the
 relaxed samples (``tau_start`` → ``tau_end``) and ``cost_tau`` of the distribution the budget
 prices, softmax(α/cost_tau) (1 → ``cost_tau_end``). The latter moves the budgeted cost from
@@ -85,7 +88,7 @@ class SupernetSearch(L.LightningModule):
         seed: int = 0,
         compile: bool = False,
         channels_last: bool = True,
-        alpha_trains_weights: bool = False,
+        alpha_trains_weights: bool = True,
         sandwich_start: float = 0.0,
     ):
         super().__init__()
@@ -244,7 +247,7 @@ class SupernetSearch(L.LightningModule):
         self.manual_backward(total)
         self.clip_norm(opt)
         self.step_if(opt, finite)
-        self.count_skips(finite, "weights")
+        self.count_skips(finite, "weights")  # with α in the pass: one loss, one step skipped
         if alpha is not None:
             self.all_reduce_alpha_grads()
             self.step_if(alpha[0], finite)
@@ -271,6 +274,7 @@ class SupernetSearch(L.LightningModule):
             self.manual_backward(loss)
         self.all_reduce_alpha_grads()
         self.step_if(opt, finite)
+        self.count_skips(finite, "arch")
         self.after_arch_step(costs, finite, task)
         self.untoggle_optimizer(opt)
 
@@ -306,7 +310,6 @@ class SupernetSearch(L.LightningModule):
                         finite: torch.Tensor, task: torch.Tensor) -> None:
         self.dual_step(costs, finite)
         self.draws.push()
-        self.count_skips(finite, "arch")
         self.log("arch/loss_task", task.detach())
         self.log("arch/tau", self.tau)
         self.log("arch/cost_tau", self.cost_tau)
