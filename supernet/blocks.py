@@ -128,9 +128,9 @@ class ElasticInvertedResidual(nn.Module):
         return self._run(x, c) if int(c.run) else self._skip(x, c)
 
     def _act_quant(self, x: torch.Tensor, quant: ActQuantizer, bits: Choice) -> torch.Tensor:
-        """act → quant; a mixed quantizer runs a ReLU/ReLU6 in its own pass (one pass over
-        the activation less, each way)."""
-        if self.clip is not None and isinstance(bits, Mix):
+        """act → quant; the quantizer runs a ReLU/ReLU6 in its own pass (one pass over the
+        activation less, each way)."""
+        if self.clip is not None:
             return quant(x, bits, clip=self.clip)
         return quant(self.act(x), bits)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from supernet.fused import FLOAT_BITS, MIN_STEP, Clip, mixed_act_quant, mixed_weight_quant
@@ -111,9 +112,14 @@ class ActQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor, bits: Choice, clip: Clip = None) -> torch.Tensor:
         """Quantize ``x``, clamped first to ``clip`` (lo, hi) if given: a ReLU or ReLU6 run
-        inside the mixed quantizer's own pass."""
+        inside the quantizer's own pass. One bit-width runs as a mix of one (probability 1: the
+        same floats as `lsq_quantize`, in the fused op's single pass each way)."""
         if not isinstance(bits, Mix):
-            return self._at(x if clip is None else x.clamp(*clip), int(bits))
+            b = int(bits)
+            if b >= FLOAT_BITS:
+                return x if clip is None else F.hardtanh(x, *clip)
+            i = self.bit_choices.index(b)
+            return mixed_act_quant(x, self.step[i:i + 1], x.new_ones(1), (b,), clip)
         steps = self.step
         if tuple(bits.values) != self.bit_choices:
             steps = steps[[self.bit_choices.index(int(b)) for b in bits.values]]

@@ -174,11 +174,13 @@ def test_compiled_kernels_equal_the_eager_ones():
         with kernels(compiled=compiled):
             x, w, steps, p = leaves(x0, w0, steps0, p0)
             y = mixed_act_quant(x, steps, p, bits)
+            r = mixed_act_quant(x, steps, p, bits, clip=(0.0, 6.0))  # a fused ReLU6
             v = mixed_weight_quant(w, p, bits)
-            (y.square().sum() + v.square().sum()).backward()
-        got.append((y.detach(), v.detach(), x.grad, w.grad, steps.grad, p.grad))
-    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
-    for a, b in zip(got[0][2:], got[1][2:], strict=True):
+            (y.square().sum() + r.pow(3).sum() + v.square().sum()).backward()
+        got.append((y.detach(), r.detach(), v.detach(), x.grad, w.grad, steps.grad, p.grad))
+    for a, b in zip(got[0][:3], got[1][:3], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(got[0][3:], got[1][3:], strict=True):
         assert_close_rel(a, b, 1e-5)
 
 

@@ -87,3 +87,37 @@ def test_a_mixed_width_mask_commutes_with_the_mixed_quantizer():
     mask = prefix_mask(width, 6).view(1, -1, 1, 1)
     torch.testing.assert_close(mask * quant(x, bits), expected, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(quant(mask * x, bits), expected, atol=1e-3)  # the old order
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
+@pytest.mark.parametrize("bits", [4, 8, 32])
+@pytest.mark.parametrize("clip", [None, (0.0, 6.0)])
+def test_one_bit_width_runs_the_fused_op_with_lsq_values_and_gradients(native_kernels, bits,
+                                                                        clip):
+    """A concrete bit-width goes through the fused op as a mix of one: the floats of
+    `lsq_quantize` (after ReLU6 where ``clip`` fuses it), and its gradients."""
+    from supernet.fused import use_native_kernels
+
+    use_native_kernels(native_kernels)
+    try:
+        torch.manual_seed(bits)
+        quant = ActQuantizer((4, 8, 32))
+        x0 = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last) * 3
+        grad = torch.randn(3, 4, 6, 6)
+        got = []
+        for fused in (True, False):
+            quant.zero_grad()
+            x = x0.clone().requires_grad_()
+            if fused:
+                y = quant(x, bits, clip=clip)
+            else:
+                v = x if clip is None else torch.nn.ReLU6()(x)
+                y = lsq_quantize(v, quant.step[(4, 8, 32).index(bits)], bits)
+            y.backward(grad)
+            step = quant.step.grad
+            got.append((y.detach(), x.grad, torch.zeros(3) if step is None else step.clone()))
+        assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+        torch.testing.assert_close(got[0][2], got[1][2], rtol=1e-5, atol=1e-7)
+        assert (got[0][2] != 0).sum() == (bits != 32)  # only the chosen step learns
+    finally:
+        use_native_kernels(True)
