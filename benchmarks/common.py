@@ -68,11 +68,12 @@ def mode(quick: bool) -> Mode:
     return _MODES[quick]
 
 
-def set_training_length(quick: bool, epochs: int | None = None, limit: int | None = None
-                        ) -> Mode:
-    """Train the mode's search and from-scratch networks longer or shorter (use a fresh
-    results folder: the shared search is cached per folder)."""
-    changes = {k: v for k, v in (("epochs", epochs), ("limit", limit)) if v is not None}
+def set_training_length(quick: bool, epochs: int | None = None, limit: int | None = None,
+                        members: int | None = None) -> Mode:
+    """Train the mode's search and from-scratch networks longer or shorter, or export more
+    members (use a fresh results folder: the shared search is cached per folder)."""
+    changes = {k: v for k, v in (("epochs", epochs), ("limit", limit), ("members", members))
+               if v is not None}
     _MODES[quick] = replace(_MODES[quick], **changes)
     return _MODES[quick]
 
@@ -289,6 +290,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "(default: quick 2, full 3)")
     parser.add_argument("--limit-train-batches", type=int, default=None,
                         help="training batches per epoch (default: quick 8, full 50)")
+    parser.add_argument("--members", type=int, default=None,
+                        help="family members exported besides the shipped one "
+                             "(default: quick 3, full 4)")
 
 
 def default_out(quick: bool) -> str:
@@ -299,7 +303,7 @@ def options_from_args(args: argparse.Namespace, command: str) -> Options:
     quick = not args.full
     threads = args.threads or (1 if quick else len(os.sched_getaffinity(0)))
     torch.set_num_threads(threads)
-    set_training_length(quick, args.epochs, args.limit_train_batches)
+    set_training_length(quick, args.epochs, args.limit_train_batches, args.members)
     return Options(accelerator=args.accelerator, data_dir=args.data_dir, threads=threads,
                    progress=args.progress, command=command)
 
