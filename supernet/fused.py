@@ -4,7 +4,9 @@ The relaxed network mixes every candidate bit-width (EdMIPS). Written as one qua
 bit-width and a weighted sum, each activation costs a dozen autograd nodes and a saved copy per
 bit-width; it dominated the relaxed step. Here the sum is one `torch.autograd.Function` whose
 backward returns the gradients of ``x``, of every probability ``p_b`` and of every learned step
-``s_b`` in one call, saving only ``x``.
+``s_b`` in one call, saving only ``x``. The ReLU/ReLU6 before a quantizer can run inside it
+(``clip``), and a concrete bit-width runs as a mix of one, so every activation quantizer of
+the search (relaxed pass and sandwich members) is one pass each way.
 
 Which kernels run (`act_kernels` tells for the activations):
 - eager: plain torch ops, any device and dtype, the exact reference values; about ten passes
