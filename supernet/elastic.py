@@ -59,7 +59,7 @@ class ElasticConv2d(nn.Module):
             w = w * mask[:w.shape[0], :w.shape[1], None, None].to(w.dtype)
         if in_mask is not None:  # a per-channel scale of the input, folded onto the weight
             shape = (-1, 1, 1, 1) if self.depthwise else (1, -1, 1, 1)
-            w = w * in_mask.to(w.dtype).view(shape)
+            w = w * in_mask.view(shape)
         if isinstance(kernel, Mix):
             return w * kernel_mask(kernel, self.kernel_size, w)
         return centre_crop(w, int(kernel))

@@ -119,6 +119,20 @@ def _native_bounds(bits: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Ten
             torch.tensor([b >= FLOAT_BITS for b in bits], dtype=torch.uint8))
 
 
+@functools.lru_cache(maxsize=256)
+def _lsq_norms(bits: tuple[int, ...], per_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether each bit-width is float, and LSQ's sqrt(numel per sample · qp) per bit-width:
+    constants of a layer, built once (a step would otherwise make them every call)."""
+    return (torch.tensor([b >= FLOAT_BITS for b in bits]),
+            torch.tensor([math.sqrt(per_sample * _bounds(b)[1]) if b < FLOAT_BITS else 1.0
+                          for b in bits], dtype=torch.float64))
+
+
+@functools.lru_cache(maxsize=16)
+def _clip_bounds(clip: tuple[float, float], dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(clip, dtype=dtype)
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when its memory is one contiguous run (contiguous or channels_last)."""
     if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
@@ -133,7 +147,7 @@ def _native_args(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
     steps = steps.detach().abs().clamp_min(MIN_STEP).to(x.dtype).contiguous()
     probs = probs.detach().to(x.dtype).contiguous()
     qn, qp, is_float = _native_bounds(bits, x.dtype)
-    bounds = None if clip is None else torch.tensor(clip, dtype=x.dtype)
+    bounds = None if clip is None else _clip_bounds(clip, x.dtype)
     ptrs = [t.data_ptr() for t in (steps, probs, qn, qp, is_float)]
     ptrs.append(None if bounds is None else bounds.data_ptr())  # null: no clamp
     return (steps, probs, bounds), ptrs
@@ -171,12 +185,9 @@ def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor
     _call_native("hwnas_act_backward", x, bits, grad.data_ptr(), x.data_ptr(),
                  grad_x.data_ptr(), x.numel(), len(bits), *ptrs, sums[0].data_ptr(),
                  sums[1].data_ptr())
-    per_sample = x[0].numel()
-    is_float = torch.tensor([b >= FLOAT_BITS for b in bits])
+    is_float, norm = _lsq_norms(bits, x[0].numel())
     # ⟨grad, Q_b(x)⟩ = s_b·Σ grad·code; 32 bits: Σ grad·x
     d_probs = sums[0] * torch.where(is_float, 1.0, s.double())
-    norm = torch.tensor([math.sqrt(per_sample * _bounds(b)[1]) if b < FLOAT_BITS else 1.0
-                         for b in bits], dtype=torch.float64)
     d_steps = torch.where(is_float, 0.0, sums[1] * p.double() / norm)
     # through |s| and the floor, as autograd differentiates abs() and clamp_min()
     raw = steps.detach()
