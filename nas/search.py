@@ -210,6 +210,8 @@ class SupernetSearch(L.LightningModule):
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
                      alpha: tuple | None = None) -> None:
         # the fused quantizers as compiled kernels: a minute to build once, then faster
+        if alpha is not None:  # α's search batch, in the network's layout too
+            alpha = (alpha[0], alpha[1].contiguous(memory_format=self.memory_format), alpha[2])
         with kernels(compiled=self.hparams.compile):
             self._weights_step(opt, x.contiguous(memory_format=self.memory_format), y, gen,
                                alpha)
