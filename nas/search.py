@@ -34,6 +34,7 @@ import inspect
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as L
 import torch
@@ -90,6 +91,7 @@ class SupernetSearch(L.LightningModule):
         channels_last: bool = True,
         alpha_trains_weights: bool = True,
         sandwich_start: float = 0.0,
+        sandwich_draws: Literal["alpha", "uniform"] = "alpha",
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -132,6 +134,8 @@ class SupernetSearch(L.LightningModule):
         if not 0 <= hp.sandwich_start < 1:
             raise ValueError(f"sandwich_start: a share of the run in [0, 1), got "
                              f"{hp.sandwich_start}")
+        if hp.sandwich_draws not in ("alpha", "uniform"):
+            raise ValueError(f"sandwich_draws: 'alpha' or 'uniform', got {hp.sandwich_draws!r}")
 
     def add_metrics(self) -> None:
         """Accuracy per exit of the validated member, of its last exit (the exit count moves
@@ -143,6 +147,14 @@ class SupernetSearch(L.LightningModule):
         self.test_acc = MulticlassAccuracy(classes)
 
     # -- helpers ------------------------------------------------------------------------------
+    def draw_probs(self) -> list[torch.Tensor]:
+        """What the sandwich's random members are drawn from: softmax(α) (lagged), or every
+        decision's choices alike (``sandwich_draws="uniform"``, as OFA trains its family)."""
+        if self.hparams.sandwich_draws == "uniform":
+            return [torch.full((len(d.choices),), 1 / len(d.choices))
+                    for d in self.search_space.decisions]
+        return self.draws.probs()
+
     def generator(self, batch_idx: int) -> torch.Generator:
         """Same seed on every rank: the step decides the draw, not the process."""
         return torch.Generator().manual_seed(
@@ -230,7 +242,7 @@ class SupernetSearch(L.LightningModule):
             losses["relaxed"] = self.task_loss(self.net(x, relaxed), y)
         # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
-            self.alpha.sample(gen, self.draws.probs()) for _ in range(self.hparams.sandwich_random)
+            self.alpha.sample(gen, self.draw_probs()) for _ in range(self.hparams.sandwich_random)
         ] if self.sandwich else []
         # one backward for the whole step: every weight gets its gradient from one pass
         # (a relaxed one reaches them all), so DDP reduces once, finding no unused parameter

@@ -124,7 +124,7 @@ def non_default_arguments(table: str) -> dict:
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
         grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False,
-        alpha_trains_weights=False, sandwich_start=0.5)
+        alpha_trains_weights=False, sandwich_start=0.5, sandwich_draws="uniform")
 
 
 @pytest.mark.slow  # seconds of training; CI runs the slow suite too
@@ -449,3 +449,20 @@ def test_the_joint_pass_trains_every_exit_and_prices_the_exit_exactly(tiny_table
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(joint_exit, alone_exit, rtol=1e-5, atol=1e-9)
     assert joint_exit.abs().sum() > 0
+
+
+def test_uniform_draws_cover_the_space_whatever_alpha_says(tiny_table):
+    """``sandwich_draws="uniform"`` ignores α: members α rules out are drawn too."""
+    module = make_search(tiny_table, sandwich_draws="uniform")
+    with torch.no_grad():  # α all but rules out the narrow stage-1 width
+        module.alpha.logits("stage1.width").copy_(torch.tensor([-50.0, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    widths = [module.alpha.sample(gen, module.draw_probs())["stage1.width"] for _ in range(200)]
+    assert 60 < widths.count(8) < 140  # about half: the narrow width, uniformly
+    alpha_drawn = make_search(tiny_table)
+    alpha_drawn.alpha.load_state_dict(module.alpha.state_dict())
+    widths = [alpha_drawn.alpha.sample(gen, alpha_drawn.draw_probs())["stage1.width"]
+              for _ in range(50)]
+    assert widths.count(8) == 0  # softmax(α) never picks it
+    with pytest.raises(ValueError, match="sandwich_draws: 'alpha' or 'uniform'"):
+        make_search(tiny_table, sandwich_draws="both")
