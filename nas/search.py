@@ -2,8 +2,9 @@
 
 Each training step trains (manual optimization):
 1. the weights, on a ``train`` batch, by the sandwich rule: the largest, the smallest and
-   ``sandwich_random`` members drawn from softmax(α), the smaller members distilled in place
-   from the largest, so members sampled later work without retraining;
+   ``sandwich_random`` members drawn from softmax(α) (or from every choice alike,
+   ``sandwich_draws="uniform"``), the smaller members distilled in place from the largest, so
+   members sampled later work without retraining;
 2. α and the weights, on a held-out ``search`` batch, by one relaxed pass: for α the
    exit-weighted task loss plus the budget penalties on E[cost], for the weights every exit's
    loss; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
