@@ -91,9 +91,8 @@ def width_mask(width: Choice, size: int) -> torch.Tensor | None:
 
 def apply_width(x: torch.Tensor, width: Choice) -> torch.Tensor:
     """Mask channels of a full-width activation by a mixed width; concrete widths are sliced."""
-    if not isinstance(width, Mix):
-        return x
-    return x * prefix_mask(width, x.shape[1]).view(1, -1, *([1] * (x.dim() - 2)))
+    mask = width_mask(width, x.shape[1])
+    return x if mask is None else x * mask.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def mix_outputs(choice: Mix, outputs: list[torch.Tensor]) -> torch.Tensor:
