@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import FMNIST_SPACE, cpu_model
 from nas.arch_params import ArchParameters
 from supernet import SearchSpace, SuperNet, extract
-from supernet.fused import act_kernels, use_native_kernels
+from supernet.fused import quant_kernels, use_native_kernels
 
 QUANT_OPS = ("MixedActQuant", "MixedActQuantBackward")
 
@@ -77,7 +77,7 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
     steps = {"relaxed_eager": relaxed(False), "relaxed_native": relaxed(True),
              "plain": plain_step}
     use_native_kernels(True)
-    assert act_kernels() == "native", "the native kernels did not build here"
+    assert quant_kernels() == "native", "the native kernels did not build here"
     rng, times = random.Random(0), {k: [] for k in steps}
     for r in range(warmup + rounds):
         order = list(steps)

@@ -78,11 +78,16 @@ def weight_step(model: torch.nn.Module, forward: Callable, opt, x, y, recipe) ->
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+KERNEL_EVENTS = ("hwnas::", "Torch-Compiled Region")  # a native kernel; a compiled graph
+
+
 def count_ops(prof) -> dict[str, int]:
-    """Top-level aten ops of a profiled block (an op called inside another op is not counted)
-    and host-device syncs (``aten::_local_scalar_dense``: ``.item()``, ``float(t)``...), the
-    reads inside a fused optimizer's kernel apart (``optimizer_reads``: on the CPU it reads its
-    own step counter there; on CUDA that counter lives on the device, no sync)."""
+    """Top-level aten ops of a profiled block (an op called inside another op is not counted),
+    plus one per kernel call the dispatcher does not see (a native quantizer kernel, a compiled
+    graph: at least one kernel each), and host-device syncs (``aten::_local_scalar_dense``:
+    ``.item()``, ``float(t)``...), the reads inside a fused optimizer's kernel apart
+    (``optimizer_reads``: on the CPU it reads its own step counter there; on CUDA that counter
+    lives on the device, no sync)."""
     ops = syncs = optimizer_reads = 0
     for e in prof.events():
         if e.name == "aten::_local_scalar_dense":
@@ -91,6 +96,9 @@ def count_ops(prof) -> dict[str, int]:
                 parent = parent.cpu_parent
             syncs += parent is None
             optimizer_reads += parent is not None
+        if e.name.startswith(KERNEL_EVENTS):
+            ops += 1
+            continue
         if not e.name.startswith("aten::"):
             continue
         parent = e.cpu_parent
@@ -321,12 +329,12 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
         "goal_search_over_plain": 3.0,
         "goal_met": min(r["median"] for k, r in ratios.items() if k.startswith("relaxed")) <= 1.1,
     }
-    from supernet.fused import act_kernels
+    from supernet.fused import quant_kernels
 
     # "eager" rounds run the default activation kernels: native C++ on CPU where they build
     settings = {"batch_size": mode(quick).batch_size, "warmup_rounds": warmup,
                 "timed_rounds": rounds, "device": str(opts.device), "kernels": list(kinds),
-                "default_act_kernels": act_kernels(),
+                "default_quant_kernels": quant_kernels(),
                 "memory_method": "cuda max_memory_allocated above the pre-step level"
                 if opts.device.type == "cuda" else
                 "torch.profiler memory events: peak bytes allocated during the step"}

@@ -8,18 +8,20 @@ backward returns the gradients of ``x``, of every probability ``p_b`` and of eve
 (``clip``), and a concrete bit-width runs as a mix of one, so every activation quantizer of
 the search (relaxed pass and sandwich members) is one pass each way.
 
-Which kernels run (`act_kernels` tells for the activations):
+Which kernels run (`quant_kernels` tells):
 - eager: plain torch ops, any device and dtype, the exact reference values; about ten passes
   over the tensor per bit-width.
-- native (the default for the activations on CPU in float32/float64): ``csrc/act_quant.cpp``,
-  the forward and the backward each in one pass (threads: ``torch.get_num_threads()``), the
-  same floats as eager (forward and ∂/∂x bit-identical, the step and probability sums in
-  double); built on first use with the system C++ compiler (`supernet.native`), eager when it
-  cannot be built or with ``HWNAS_NATIVE_KERNELS=0``; `use_native_kernels` switches it.
+- native (the default on CPU in float32/float64): ``csrc/fake_quant.cpp``, each direction in
+  one pass (the activations' threads: ``torch.get_num_threads()``), the same floats as eager
+  (forwards and ∂/∂x bit-identical, the step and probability sums in double), the step and
+  probability gradients finished inside the call; built on first use with the system C++
+  compiler (`supernet.native`), eager when it cannot be built or with
+  ``HWNAS_NATIVE_KERNELS=0``; `use_native_kernels` switches it. Each call is one profiler
+  event (``hwnas::act_forward``…).
 - compiled: after `use_compiled_kernels` (or inside `kernels(compiled=True)`), a
   `torch.compile`d build of the eager kernels, one fused loop each, for every op and device
   (needs a C++ compiler on CPU, Triton on CUDA; compiled once per process, shapes dynamic);
-  it wins over native when asked for. The weights' quantizer is eager or compiled.
+  it wins over native when asked for.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor, probs
     return d_x, d_raw, torch.stack(d_probs)
 
 
-# -- activations, native CPU kernels (csrc/act_quant.cpp): each in one pass over the tensor -----
+# -- native CPU kernels (csrc/fake_quant.cpp): each direction in one pass over the tensor ------
 NATIVE_DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 NATIVE_MAX_BITS = 16  # bit-widths in one mix the native kernels take
 
@@ -112,20 +114,12 @@ def _native_library():
 
 @functools.lru_cache(maxsize=64)
 def _native_bounds(bits: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """qn, qp (in ``dtype``, as clamp converts them) and whether each bit-width is float."""
+    """qn, qp (in ``dtype``, as clamp converts them) and whether each bit-width is float:
+    constants of a mix, built once (a step would otherwise make them every call)."""
     quantized = [_bounds(b) if b < FLOAT_BITS else (0, 0) for b in bits]
     return (torch.tensor([qn for qn, _ in quantized], dtype=dtype),
             torch.tensor([qp for _, qp in quantized], dtype=dtype),
             torch.tensor([b >= FLOAT_BITS for b in bits], dtype=torch.uint8))
-
-
-@functools.lru_cache(maxsize=256)
-def _lsq_norms(bits: tuple[int, ...], per_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whether each bit-width is float, and LSQ's sqrt(numel per sample · qp) per bit-width:
-    constants of a layer, built once (a step would otherwise make them every call)."""
-    return (torch.tensor([b >= FLOAT_BITS for b in bits]),
-            torch.tensor([math.sqrt(per_sample * _bounds(b)[1]) if b < FLOAT_BITS else 1.0
-                          for b in bits], dtype=torch.float64))
 
 
 @functools.lru_cache(maxsize=16)
@@ -134,65 +128,97 @@ def _clip_bounds(clip: tuple[float, float], dtype: torch.dtype) -> torch.Tensor:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its memory is one contiguous run (contiguous or channels_last)."""
+    """``t`` itself when its memory is one contiguous run (contiguous or channels_last: the
+    first dimension outermost either way, so a weight's output channels are runs too)."""
     if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
         return t
     return t.contiguous()
 
 
-def _native_args(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
-                 bits: tuple[int, ...], clip: Clip) -> tuple:
-    """The kernels' pointer arguments after the length and bit count, and the tensors behind
-    them (the caller keeps those alive)."""
-    steps = steps.detach().abs().clamp_min(MIN_STEP).to(x.dtype).contiguous()
-    probs = probs.detach().to(x.dtype).contiguous()
-    qn, qp, is_float = _native_bounds(bits, x.dtype)
-    bounds = None if clip is None else _clip_bounds(clip, x.dtype)
-    ptrs = [t.data_ptr() for t in (steps, probs, qn, qp, is_float)]
-    ptrs.append(None if bounds is None else bounds.data_ptr())  # null: no clamp
-    return (steps, probs, bounds), ptrs
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A small parameter-like tensor (steps, probabilities) as one contiguous run."""
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> None:
-    """The kernel ``name`` for x's dtype on ``args`` and this process's thread count."""
+    """The kernel ``name`` for x's dtype on ``args``, as one profiler event (``hwnas::…``: the
+    op counts and traces see it)."""
     fn = getattr(_native_library(), name + NATIVE_DTYPES[x.dtype])
-    if fn(*args, torch.get_num_threads()):
+    with torch.profiler.record_function(name.replace("hwnas_", "hwnas::")):
+        failed = fn(*args)
+    if failed:
         raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
                          f"at most {NATIVE_MAX_BITS}")
 
 
+def _act_pointers(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
+                  bits: tuple[int, ...], clip: Clip) -> list:
+    """The activation kernels' pointer arguments after the length and bit count: the raw steps
+    (the kernels take |s| floored at MIN_STEP themselves), probabilities, bounds, clamp."""
+    qn, qp, is_float = _native_bounds(bits, x.dtype)
+    bounds = None if clip is None else _clip_bounds(clip, x.dtype)  # cached: stays alive
+    return [steps.data_ptr(), probs.data_ptr(), qn.data_ptr(), qp.data_ptr(),
+            is_float.data_ptr(), None if bounds is None else bounds.data_ptr()]  # null: no clamp
+
+
 def native_act_forward(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
                        bits: tuple[int, ...], clip: Clip = None) -> torch.Tensor:
-    """`act_forward` in one pass: the same floats, in x's layout (CPU, float32/float64)."""
-    x = _dense(x)
+    """`act_forward` in one pass: the same floats, in x's layout (CPU, float32/float64; steps
+    and probabilities in x's dtype)."""
+    x, steps, probs = _dense(x), _flat(steps), _flat(probs)
     out = torch.empty_like(x)
-    alive, ptrs = _native_args(x, steps, probs, bits, clip)  # the tensors behind the pointers
     _call_native("hwnas_act_forward", x, bits, x.data_ptr(), out.data_ptr(), x.numel(),
-                 len(bits), *ptrs)
+                 len(bits), *_act_pointers(x, steps, probs, bits, clip), MIN_STEP,
+                 torch.get_num_threads())
     return out
 
 
 def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor,
                         probs: torch.Tensor, bits: tuple[int, ...], clip: Clip = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`act_backward` in one pass: ∂/∂x bit-identical, the per-bit-width sums in double."""
-    x = _dense(x)
+    """`act_backward` in one pass: ∂/∂x bit-identical, the per-bit-width sums in double, the
+    step and probability gradients finished in the same call."""
+    x, steps, probs = _dense(x), _flat(steps), _flat(probs)
     if grad.stride() != x.stride() or grad.dtype != x.dtype:
         grad = torch.empty_like(x).copy_(grad)
     grad_x = torch.empty_like(x)
-    sums = torch.zeros(2, len(bits), dtype=torch.float64)  # Σ grad·code, Σ grad·LSQ slope
-    (s, p, kept), ptrs = _native_args(x, steps, probs, bits, clip)
+    d_steps, d_probs = torch.empty(2, len(bits), dtype=x.dtype).unbind()
     _call_native("hwnas_act_backward", x, bits, grad.data_ptr(), x.data_ptr(),
-                 grad_x.data_ptr(), x.numel(), len(bits), *ptrs, sums[0].data_ptr(),
-                 sums[1].data_ptr())
-    is_float, norm = _lsq_norms(bits, x[0].numel())
-    # ⟨grad, Q_b(x)⟩ = s_b·Σ grad·code; 32 bits: Σ grad·x
-    d_probs = sums[0] * torch.where(is_float, 1.0, s.double())
-    d_steps = torch.where(is_float, 0.0, sums[1] * p.double() / norm)
-    # through |s| and the floor, as autograd differentiates abs() and clamp_min()
-    raw = steps.detach()
-    d_raw = (d_steps * raw.sgn() * (raw.abs() >= MIN_STEP)).to(steps.dtype)
-    return grad_x, d_raw, d_probs.to(probs.dtype)
+                 grad_x.data_ptr(), x.numel(), len(bits),
+                 *_act_pointers(x, steps, probs, bits, clip), x[0].numel(), MIN_STEP,
+                 d_steps.data_ptr(), d_probs.data_ptr(), torch.get_num_threads())
+    return grad_x, d_steps, d_probs
+
+
+def _channels(w: torch.Tensor) -> tuple[int, int]:
+    """(output channels, elements per channel) of a dense weight."""
+    return w.shape[0], w.numel() // w.shape[0]
+
+
+def native_weight_forward(w: torch.Tensor, probs: torch.Tensor,
+                          bits: tuple[int, ...]) -> torch.Tensor:
+    """`weight_forward` in one pass: the same floats, in w's layout."""
+    w, probs = _dense(w), _flat(probs)
+    out = torch.empty_like(w)
+    _, qp, is_float = _native_bounds(bits, w.dtype)
+    _call_native("hwnas_weight_forward", w, bits, w.data_ptr(), out.data_ptr(), *_channels(w),
+                 len(bits), probs.data_ptr(), qp.data_ptr(), is_float.data_ptr())
+    return out
+
+
+def native_weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+                           bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight_backward` in one pass; ⟨grad, Q_b(w)⟩ summed in double."""
+    w, probs = _dense(w), _flat(probs)
+    if grad.stride() != w.stride() or grad.dtype != w.dtype:
+        grad = torch.empty_like(w).copy_(grad)
+    grad_w = torch.empty_like(w)
+    d_probs = torch.empty(len(bits), dtype=w.dtype)
+    _, qp, is_float = _native_bounds(bits, w.dtype)
+    _call_native("hwnas_weight_backward", w, bits, grad.data_ptr(), w.data_ptr(),
+                 grad_w.data_ptr(), *_channels(w), len(bits), probs.data_ptr(), qp.data_ptr(),
+                 is_float.data_ptr(), d_probs.data_ptr())
+    return grad_w, d_probs
 
 
 # -- weights (per-output-channel symmetric, scale from the channel's max magnitude) -------------
@@ -232,35 +258,38 @@ KERNELS = ("act_forward", "act_backward", "weight_forward", "weight_backward")
 
 
 class _Kernels:
-    """The kernels in use: eager (native for CPU activations) by default, `torch.compile`d
-    after `use_compiled_kernels`."""
+    """The kernels in use: eager (native on CPU) by default, `torch.compile`d after
+    `use_compiled_kernels`."""
 
     eager = {name: globals()[name] for name in KERNELS}
     compiled: dict[str, Callable] = {}
-    native = {"act_forward": native_act_forward, "act_backward": native_act_backward}
+    native = {name: globals()["native_" + name] for name in KERNELS}
     active = eager
     on = False
     native_on = True
 
 
 def use_native_kernels(enabled: bool = True) -> None:
-    """Run the activation quantizer on CPU float32/float64 tensors with the native one-pass
-    kernels (the default; eager where they cannot be built) or with the eager ones."""
+    """Run the quantizers on CPU float32/float64 tensors with the native one-pass kernels (the
+    default; eager where they cannot be built) or with the eager ones."""
     _Kernels.native_on = enabled
 
 
-def act_kernels() -> str:
-    """Which kernels the activation quantizer runs on a CPU float32/float64 tensor: "native",
-    "eager" or "compiled" (other devices and dtypes: eager unless compiled)."""
+def quant_kernels() -> str:
+    """Which kernels the quantizers run on a CPU float32/float64 tensor: "native", "eager" or
+    "compiled" (other devices and dtypes: eager unless compiled)."""
     if _Kernels.on:
         return "compiled"
     return "native" if _Kernels.native_on and _native_library() is not None else "eager"
 
 
-def _act_kernels(x: torch.Tensor, bits: tuple[int, ...]) -> dict[str, Callable]:
-    """The activation kernels for ``x``: native where they apply, else the active set."""
-    if (not _Kernels.on and _Kernels.native_on and x.device.type == "cpu"
-            and x.dtype in NATIVE_DTYPES and x.dim() > 0 and x.numel() > 0
+def _kernels(t: torch.Tensor, bits: tuple[int, ...], *small: torch.Tensor
+             ) -> dict[str, Callable]:
+    """The kernels for ``t`` (and its steps/probabilities ``small``, which must share its
+    dtype): native where they apply, else the active set."""
+    if (not _Kernels.on and _Kernels.native_on and t.device.type == "cpu"
+            and t.dtype in NATIVE_DTYPES and t.dim() > 0 and t.numel() > 0
+            and all(s.dtype == t.dtype and s.device == t.device for s in small)
             and len(bits) <= NATIVE_MAX_BITS and _native_library() is not None):
         return _Kernels.native
     return _Kernels.active
@@ -300,12 +329,12 @@ class MixedActQuant(torch.autograd.Function):
     def forward(ctx, x, steps, probs, bits: tuple[int, ...], clip: Clip = None):
         ctx.save_for_backward(x, steps, probs)
         ctx.bits, ctx.clip = bits, clip
-        return _act_kernels(x, bits)["act_forward"](x, steps, probs, bits, clip)
+        return _kernels(x, bits, steps, probs)["act_forward"](x, steps, probs, bits, clip)
 
     @staticmethod
     def backward(ctx, grad):
         x, steps, probs = ctx.saved_tensors
-        run = _act_kernels(x, ctx.bits)["act_backward"]
+        run = _kernels(x, ctx.bits, steps, probs)["act_backward"]
         d_x, d_steps, d_probs = run(grad, x, steps, probs, ctx.bits, ctx.clip)
         return d_x, d_steps, d_probs, None, None
 
@@ -320,13 +349,14 @@ class MixedWeightQuant(torch.autograd.Function):
         ctx.bits = bits
         # a detached view: compiled kernels keep one build for every shape (parameters' shapes
         # would be specialised)
-        return _Kernels.active["weight_forward"](w.detach() if _Kernels.on else w, probs, bits)
+        run = _kernels(w, bits, probs)["weight_forward"]
+        return run(w.detach() if _Kernels.on else w, probs, bits)
 
     @staticmethod
     def backward(ctx, grad):
         w, probs = ctx.saved_tensors
         w = w.detach() if _Kernels.on else w
-        d_w, d_probs = _Kernels.active["weight_backward"](grad, w, probs, ctx.bits)
+        d_w, d_probs = _kernels(w, ctx.bits, probs)["weight_backward"](grad, w, probs, ctx.bits)
         return d_w, d_probs, None
 
 

@@ -22,19 +22,21 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "act_quant.cpp"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "fake_quant.cpp"
 # no fast-math, no FMA contraction: the eager kernels' floats; -fno-trapping-math changes no
 # value (FP exceptions are never read) and lets the loops' compares vectorise
 FLAGS = ("-shared", "-fPIC", "-O3", "-fno-fast-math", "-fno-trapping-math", "-ffp-contract=off",
          "-std=c++17", "-pthread")
 SWITCH = "HWNAS_NATIVE_KERNELS"
 
-_PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_PTR, _I64, _I32, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_double
 # (name, argument types); every function returns 0, or −1 for a mix it cannot take
 SIGNATURES = {
-    "hwnas_act_forward": (_PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I32),
+    "hwnas_act_forward": (_PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _F64, _I32),
     "hwnas_act_backward": (_PTR, _PTR, _PTR, _I64, _I32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                           _PTR, _PTR, _I32),
+                           _I64, _F64, _PTR, _PTR, _I32),
+    "hwnas_weight_forward": (_PTR, _PTR, _I64, _I64, _I32, _PTR, _PTR, _PTR),
+    "hwnas_weight_backward": (_PTR, _PTR, _PTR, _I64, _I64, _I32, _PTR, _PTR, _PTR, _PTR),
 }
 
 
@@ -55,7 +57,7 @@ def library_path(cxx: str) -> Path:
     key = hashlib.sha256(SOURCE.read_bytes())
     key.update(" ".join((cxx, *FLAGS, platform.machine(), sys.platform)).encode())
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "hwnas" / "kernels" / key.hexdigest()[:16] / "libhwnas_act_quant.so"
+    return base / "hwnas" / "kernels" / key.hexdigest()[:16] / "libhwnas_fake_quant.so"
 
 
 def build() -> Path:

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import FIGURES
 from benchmarks.run_all import main
@@ -93,3 +94,24 @@ def test_a_figure_alone_creates_its_output_folder(tmp_path):
     out = tmp_path / "new" / "folder"
     assert figure_main("stand_in", run, ["--quick", "--out", str(out)]) == 0
     assert (out / "plot.png").read_bytes() == b"png"
+
+
+def test_the_op_count_sees_native_kernel_calls():
+    """A native kernel is invisible to the dispatcher; the op count still counts its call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.supernet_overhead import count_ops
+    from supernet import native
+    from supernet.fused import native_weight_forward
+
+    if native.library() is None:
+        pytest.skip("no C++ compiler to build the native kernels")
+    w, p = torch.randn(4, 3, 3, 3), torch.tensor([0.5, 0.5])
+    native_weight_forward(w, p, (4, 8))  # builds the mix's cached constants
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.relu(w)
+    plain = count_ops(prof)["ops"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.relu(w)
+        native_weight_forward(w, p, (4, 8))
+    assert count_ops(prof)["ops"] == plain + 2  # its output's allocation and the kernel
