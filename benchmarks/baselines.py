@@ -12,13 +12,16 @@ baseline's "family accuracy at its latency" is the best member at or under its l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 
 from benchmarks.common import (
     datamodule,
+    jsonable,
     load_space,
     load_table,
     mode,
@@ -33,6 +36,7 @@ from benchmarks.training import (
     load_twin,
     shared_search,
     train_from_scratch,
+    twin_path,
 )
 from costmodels import measure_networks, table_cost
 from deploy import FamilyRuntime
@@ -63,6 +67,27 @@ def timm_baseline(name: str, space: SearchSpace):
     return ListOutput(model)
 
 
+def timm_twin(quick: bool, out_dir: str | Path, opts, name: str,
+              recipe: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+    """A timm baseline trained from scratch with ``recipe`` and scored, and the trained network
+    (cached in ``<out_dir>/shared/scratch`` by name and recipe, as the twins)."""
+    m, space = mode(quick), load_space(quick)
+    path = twin_path(quick, out_dir, name, recipe)
+    model = timm_baseline(name, space)
+    if path.is_file():
+        model.load_state_dict(torch.load(path.with_suffix(".pt"), weights_only=True))
+        return json.loads(path.read_text()), model.eval()
+    dm = datamodule(quick, opts.data_dir)
+    timing = train_from_scratch(model, dm, recipe, epochs=m.epochs, limit=m.limit,
+                                device=opts.device)
+    result = {"train_timing": timing, "params": sum(p.numel() for p in model.parameters()),
+              "accuracy": accuracy_on_test(model, dm, space.num_classes)[-1]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(result), indent=1) + "\n")
+    torch.save(model.state_dict(), path.with_suffix(".pt"))
+    return result, model.eval()
+
+
 def best_at(latency: float, family: list[dict]) -> dict | None:
     fits = [r for r in family if r["measured_latency_ms"] <= latency]
     return max(fits, key=lambda r: r["accuracy"]) if fits else None
@@ -73,7 +98,6 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
     m = mode(quick)
     shared = shared_search(quick, out_dir, opts)
     space, table = load_space(quick), load_table(quick, out_dir)
-    dm = datamodule(quick, opts.data_dir)
     runtime = FamilyRuntime.load(Path(shared["export_dir"]) / "family.pt")
     accuracy = {r["name"]: r["accuracy"][-1] for r in shared["records"]}
     entries, modules = [], []
@@ -89,13 +113,9 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
                         "latency_ms": table_cost(space, table, config, "latency_ms")})
         modules.append(static)
     for name in TIMM_MODELS[quick]:
-        model = timm_baseline(name, space)
-        timing = train_from_scratch(model, dm, shared["recipe"], epochs=m.epochs, limit=m.limit,
-                                    device=opts.device)
-        entries.append({"name": name, "kind": "timm", "train_timing": timing,
-                        "params": sum(p.numel() for p in model.parameters()),
-                        "accuracy": accuracy_on_test(model, dm, space.num_classes)[-1]})
-        modules.append(model.eval())
+        result, model = timm_twin(quick, out_dir, opts, name, shared["recipe"])
+        entries.append({"name": name, "kind": "timm", **result})
+        modules.append(model)
     warmup, repeats = LATENCY[quick]
     clock = table.meta.clock or "wall"
     shape = (1, space.input_channels, space.input_size, space.input_size)

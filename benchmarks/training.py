@@ -223,10 +223,11 @@ def accuracy_on_test(model: nn.Module, dm, num_classes: int) -> list[float]:
 
 
 def twin_path(quick: bool, out_dir: str | Path, config, recipe: Mapping[str, Any]) -> Path:
-    """Where a from-scratch twin's result is cached: keyed by config, recipe and sizes."""
+    """Where a from-scratch twin's result is cached: keyed by config (or a baseline's name),
+    recipe and sizes."""
     m = mode(quick)
-    key = json.dumps([config.to_dict(), dict(recipe), m.epochs, m.limit, m.batch_size],
-                     sort_keys=True)
+    what = config if isinstance(config, str) else config.to_dict()
+    key = json.dumps([what, dict(recipe), m.epochs, m.limit, m.batch_size], sort_keys=True)
     name = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(out_dir) / "shared" / "scratch" / f"{name}.json"
 

@@ -207,17 +207,19 @@ def native_weight_forward(w: torch.Tensor, probs: torch.Tensor,
 
 
 def native_weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
-                           bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`weight_backward` in one pass; ⟨grad, Q_b(w)⟩ summed in double."""
+                           bits: tuple[int, ...], need_probs: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`weight_backward` in one pass; ⟨grad, Q_b(w)⟩ summed in double (None, and not
+    computed, without ``need_probs``)."""
     w, probs = _dense(w), _flat(probs)
     if grad.stride() != w.stride() or grad.dtype != w.dtype:
         grad = torch.empty_like(w).copy_(grad)
     grad_w = torch.empty_like(w)
-    d_probs = torch.empty(len(bits), dtype=w.dtype)
+    d_probs = torch.empty(len(bits), dtype=w.dtype) if need_probs else None
     _, qp, is_float = _native_bounds(bits, w.dtype)
     _call_native("hwnas_weight_backward", w, bits, grad.data_ptr(), w.data_ptr(),
                  grad_w.data_ptr(), *_channels(w), len(bits), probs.data_ptr(), qp.data_ptr(),
-                 is_float.data_ptr(), d_probs.data_ptr())
+                 is_float.data_ptr(), None if d_probs is None else d_probs.data_ptr())
     return grad_w, d_probs
 
 
@@ -239,9 +241,12 @@ def weight_forward(w: torch.Tensor, probs: torch.Tensor, bits: tuple[int, ...]) 
 
 
 def weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
-                    bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                    bits: tuple[int, ...], need_probs: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """∂/∂w = grad·Σ_b p_b (straight-through rounding, the scale a constant of the step);
-    ∂/∂p_b = ⟨grad, Q_b(w)⟩."""
+    ∂/∂p_b = ⟨grad, Q_b(w)⟩ (None, and not computed, without ``need_probs``)."""
+    if not need_probs:
+        return grad * probs.sum(), None
     peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12)
     d_probs = []
     for b in bits:
@@ -356,7 +361,8 @@ class MixedWeightQuant(torch.autograd.Function):
     def backward(ctx, grad):
         w, probs = ctx.saved_tensors
         w = w.detach() if _Kernels.on else w
-        d_w, d_probs = _kernels(w, ctx.bits, probs)["weight_backward"](grad, w, probs, ctx.bits)
+        run = _kernels(w, ctx.bits, probs)["weight_backward"]
+        d_w, d_probs = run(grad, w, probs, ctx.bits, ctx.needs_input_grad[1])
         return d_w, d_probs, None
 
 

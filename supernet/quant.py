@@ -51,9 +51,11 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 def mixed_weight(w: torch.Tensor, bits: Choice) -> torch.Tensor:
     """The weight at a concrete bit-width, or the probability-weighted sum over bit-widths
-    (one fused op; `mixed_weight_reference` is the same sum written out)."""
+    (one fused op; `mixed_weight_reference` is the same sum written out). A concrete
+    bit-width runs as a mix of one: `quantize_weight`'s floats and gradient, one op each way."""
     if not isinstance(bits, Mix):
-        return quantize_weight(w, int(bits))
+        b = int(bits)
+        return w if b >= FLOAT_BITS else mixed_weight_quant(w, w.new_ones(1), (b,))
     return mixed_weight_quant(w, bits.probs, bits.values)
 
 

@@ -319,7 +319,8 @@ int weight_forward(const T* w, T* out, int64_t channels, int64_t per, int nb, co
   return 0;
 }
 
-// grad_w = grad·Σ_b p_b; d_probs[b] = Σ grad·Q_b(w) (double products and sums)
+// grad_w = grad·Σ_b p_b; d_probs[b] = Σ grad·Q_b(w) (double products and sums), unless d_probs
+// is null (the probabilities need no gradient: a concrete bit-width run as a mix of one)
 template <typename T>
 int weight_backward(const T* grad, const T* w, T* grad_w, int64_t channels, int64_t per, int nb,
                     const T* probs, const T* qp, const uint8_t* is_float, T* d_probs) {
@@ -328,6 +329,7 @@ int weight_backward(const T* grad, const T* w, T* grad_w, int64_t channels, int6
   for (int b = 1; b < nb; ++b) total = total + probs[b];
   const int64_t n = channels * per;
   for (int64_t i = 0; i < n; ++i) grad_w[i] = grad[i] * total;
+  if (d_probs == nullptr) return 0;
   double sums[kMaxBits] = {};
   for (int64_t c = 0; c < channels; ++c) {
     const T* wc = w + c * per;

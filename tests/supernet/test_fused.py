@@ -419,3 +419,25 @@ def test_a_fused_activation_equals_the_activation_then_the_quantizer(native_kern
     for a, b in zip(got[0][2:], got[1][2:], strict=True):
         assert_close_rel(a, b, 1e-5)
     assert (got[0][1] == 0).any() and (got[0][1] != 0).any()  # the clamp's gradient is there
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
+@pytest.mark.parametrize("bits", [2, 4, 8, 32])
+def test_a_concrete_weight_bit_width_runs_as_a_mix_of_one(native_kernels, bits):
+    """`mixed_weight` at one bit-width: `quantize_weight`'s floats; the straight-through
+    gradient to the rounding of (g·s)/s that the unfused chain takes."""
+    from supernet.quant import mixed_weight
+
+    use_native_kernels(native_kernels)
+    torch.manual_seed(bits)
+    w0 = torch.randn(6, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(w0)
+    (w, ), (v, ) = leaves(w0), leaves(w0)
+    y, ref = mixed_weight(w, bits), quantize_weight(v, bits)
+    assert torch.equal(y, ref)
+    if bits == 32:
+        assert y is w
+        return
+    (y * grad).sum().backward()
+    (ref * grad).sum().backward()
+    assert_close_rel(w.grad, v.grad, 1e-6)
