@@ -140,6 +140,14 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _check_small(x: torch.Tensor, bits: tuple[int, ...], *small: torch.Tensor) -> None:
+    """The kernels read steps and probabilities as x's dtype, one per bit-width."""
+    for t in small:
+        if t.dtype != x.dtype or t.numel() != len(bits):
+            raise ValueError(f"native kernels: {len(bits)} steps/probabilities in "
+                             f"{x.dtype} expected, got {t.numel()} in {t.dtype}")
+
+
 def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> None:
     """The kernel ``name`` for x's dtype on ``args``, as one profiler event (``hwnas::…``: the
     op counts and traces see it)."""
@@ -155,6 +163,7 @@ def _act_pointers(x: torch.Tensor, steps: torch.Tensor, probs: torch.Tensor,
                   bits: tuple[int, ...], clip: Clip) -> list:
     """The activation kernels' pointer arguments after the length and bit count: the raw steps
     (the kernels take |s| floored at MIN_STEP themselves), probabilities, bounds, clamp."""
+    _check_small(x, bits, steps, probs)
     qn, qp, is_float = _native_bounds(bits, x.dtype)
     bounds = None if clip is None else _clip_bounds(clip, x.dtype)  # cached: stays alive
     return [steps.data_ptr(), probs.data_ptr(), qn.data_ptr(), qp.data_ptr(),
@@ -199,6 +208,7 @@ def native_weight_forward(w: torch.Tensor, probs: torch.Tensor,
                           bits: tuple[int, ...]) -> torch.Tensor:
     """`weight_forward` in one pass: the same floats, in w's layout."""
     w, probs = _dense(w), _flat(probs)
+    _check_small(w, bits, probs)
     out = torch.empty_like(w)
     _, qp, is_float = _native_bounds(bits, w.dtype)
     _call_native("hwnas_weight_forward", w, bits, w.data_ptr(), out.data_ptr(), *_channels(w),
@@ -212,6 +222,7 @@ def native_weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Ten
     """`weight_backward` in one pass; ⟨grad, Q_b(w)⟩ summed in double (None, and not
     computed, without ``need_probs``)."""
     w, probs = _dense(w), _flat(probs)
+    _check_small(w, bits, probs)
     if grad.stride() != w.stride() or grad.dtype != w.dtype:
         grad = torch.empty_like(w).copy_(grad)
     grad_w = torch.empty_like(w)

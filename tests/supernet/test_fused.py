@@ -441,3 +441,12 @@ def test_a_concrete_weight_bit_width_runs_as_a_mix_of_one(native_kernels, bits):
     (y * grad).sum().backward()
     (ref * grad).sum().backward()
     assert_close_rel(w.grad, v.grad, 1e-6)
+
+
+def test_native_kernels_refuse_steps_or_probabilities_they_would_misread(native_on):
+    x, w = torch.randn(2, 3, 4, 4), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="2 steps/probabilities in torch.float32"):
+        native_act_forward(x, torch.tensor([0.1, 1.0], dtype=torch.float64),
+                           torch.tensor([0.5, 0.5]), (4, 32))
+    with pytest.raises(ValueError, match="got 3 in torch.float32"):
+        native_weight_forward(w, torch.tensor([0.2, 0.3, 0.5]), (4, 8))
