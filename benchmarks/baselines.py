@@ -21,7 +21,6 @@ import torch
 
 from benchmarks.common import (
     datamodule,
-    jsonable,
     load_space,
     load_table,
     mode,
@@ -35,6 +34,7 @@ from benchmarks.training import (
     accuracy_on_test,
     load_twin,
     shared_search,
+    store_trained,
     train_from_scratch,
     twin_path,
 )
@@ -82,9 +82,7 @@ def timm_twin(quick: bool, out_dir: str | Path, opts, name: str,
                                 device=opts.device)
     result = {"train_timing": timing, "params": sum(p.numel() for p in model.parameters()),
               "accuracy": accuracy_on_test(model, dm, space.num_classes)[-1]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(result), indent=1) + "\n")
-    torch.save(model.state_dict(), path.with_suffix(".pt"))
+    store_trained(path, result, model)
     return result, model.eval()
 
 

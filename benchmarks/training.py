@@ -252,10 +252,16 @@ def scratch_twin(quick: bool, out_dir: str | Path, opts: Options, config,
         "accuracy": accuracy_on_test(static, dm, space.num_classes),
         "macs": table_cost(space, load_table(quick, out_dir), config, "macs"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(result), indent=1) + "\n")
-    torch.save(static.state_dict(), path.with_suffix(".pt"))
+    store_trained(path, result, static)
     return result
+
+
+def store_trained(path: Path, result: Mapping[str, Any], model: nn.Module) -> None:
+    """Cache a network trained from scratch: its weights (``.pt``), then its result (``.json``,
+    the mark that the entry is whole: a crash between the two leaves no half entry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path.with_suffix(".pt"))
+    path.write_text(json.dumps(jsonable(result), indent=1) + "\n")
 
 
 def load_twin(quick: bool, out_dir: str | Path, opts: Options, config,

@@ -135,6 +135,13 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def _laid_out_as(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``grad`` in the dense ``t``'s strides and dtype (the kernels walk both as one run)."""
+    if grad.stride() == t.stride() and grad.dtype == t.dtype:
+        return grad
+    return torch.empty_like(t).copy_(grad)
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """A small parameter-like tensor (steps, probabilities) as one contiguous run."""
     return t if t.is_contiguous() else t.contiguous()
@@ -188,8 +195,7 @@ def native_act_backward(grad: torch.Tensor, x: torch.Tensor, steps: torch.Tensor
     """`act_backward` in one pass: ∂/∂x bit-identical, the per-bit-width sums in double, the
     step and probability gradients finished in the same call."""
     x, steps, probs = _dense(x), _flat(steps), _flat(probs)
-    if grad.stride() != x.stride() or grad.dtype != x.dtype:
-        grad = torch.empty_like(x).copy_(grad)
+    grad = _laid_out_as(grad, x)
     grad_x = torch.empty_like(x)
     d_steps, d_probs = torch.empty(2, len(bits), dtype=x.dtype).unbind()
     _call_native("hwnas_act_backward", x, bits, grad.data_ptr(), x.data_ptr(),
@@ -223,8 +229,7 @@ def native_weight_backward(grad: torch.Tensor, w: torch.Tensor, probs: torch.Ten
     computed, without ``need_probs``)."""
     w, probs = _dense(w), _flat(probs)
     _check_small(w, bits, probs)
-    if grad.stride() != w.stride() or grad.dtype != w.dtype:
-        grad = torch.empty_like(w).copy_(grad)
+    grad = _laid_out_as(grad, w)
     grad_w = torch.empty_like(w)
     d_probs = torch.empty(len(bits), dtype=w.dtype) if need_probs else None
     _, qp, is_float = _native_bounds(bits, w.dtype)

@@ -52,7 +52,8 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 def mixed_weight(w: torch.Tensor, bits: Choice) -> torch.Tensor:
     """The weight at a concrete bit-width, or the probability-weighted sum over bit-widths
     (one fused op; `mixed_weight_reference` is the same sum written out). A concrete
-    bit-width runs as a mix of one: `quantize_weight`'s floats and gradient, one op each way."""
+    bit-width runs as a mix of one: `quantize_weight`'s floats, its straight-through gradient
+    (g, where the unfused chain rounds (g·s)/s), one op each way."""
     if not isinstance(bits, Mix):
         b = int(bits)
         return w if b >= FLOAT_BITS else mixed_weight_quant(w, w.new_ones(1), (b,))

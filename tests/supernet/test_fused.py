@@ -305,8 +305,8 @@ def test_native_weight_kernels_equal_the_eager_ones(native_on, bits, shape, dtyp
 
 
 def test_the_native_backward_finishes_every_gradient_in_its_call(native_on):
-    """Steps, probabilities and x get their gradients from one call: the op count of a mixed
-    quantizer's backward does not grow with the bit-widths."""
+    """Steps, probabilities and x (and a weight and its probabilities) get their gradients from
+    one kernel call per quantizer."""
     from torch.profiler import ProfilerActivity, profile
 
     x, steps, p = leaves(torch.randn(2, 3, 4, 4), torch.tensor([0.2, 0.05, 1.0]),
