@@ -260,8 +260,7 @@ class SupernetSearch(L.LightningModule):
             losses["relaxed"] = task
         finite = self.finite(total)
         self.manual_backward(total)
-        self.clip_norm(opt)
-        self.step_if(opt, finite)
+        self.step_if(opt, finite)  # clips its gradients first (`on_before_optimizer_step`)
         self.count_skips(finite, "weights")  # with α in the pass: one loss, one step skipped
         if alpha is not None:
             self.all_reduce_alpha_grads()
@@ -356,16 +355,22 @@ class SupernetSearch(L.LightningModule):
         """Whether the loss is finite on every rank: a bool tensor, never read by the host."""
         return torch.isfinite(self.all_reduce_mean(loss.detach().float()))
 
-    def clip_norm(self, opt) -> None:
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip the weights' gradients here, inside their optimizer's step: under a grad scaler
+        (16-mixed) Lightning unscales them only just before this hook, so clipping in the
+        training step would clip the scaled gradients and shrink every update by the scale."""
+        if optimizer is self.optimizers()[0].optimizer:
+            self.clip_norm(optimizer)
+
+    def clip_norm(self, inner) -> None:
         """Clip the gradients' norm to ``grad_clip``. Lightning refuses to clip for a fused
         optimizer under mixed precision (it would unscale inside its step); ours never run
         under a grad scaler (`fused_steps`), so there is nothing to unscale."""
-        inner = opt.optimizer
         if all(g.get("fused") for g in inner.param_groups):
             torch.nn.utils.clip_grad_norm_(
                 [p for g in inner.param_groups for p in g["params"]], self.hparams.grad_clip)
         else:
-            self.clip_gradients(opt, self.hparams.grad_clip, "norm")
+            self.clip_gradients(inner, self.hparams.grad_clip, "norm")
 
     def step_if(self, opt, finite: torch.Tensor) -> None:
         """``opt.step()`` where ``finite``, else no update at all (momentum and moments too).

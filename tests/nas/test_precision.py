@@ -1,30 +1,64 @@
-"""Mixed precision under the search's manual optimization (CPU bf16 autocast)."""
+"""Mixed precision under the search's manual optimization, on the CPU: bf16 autocast, and fp16
+autocast with a grad scaler (what 16-mixed runs on a GPU)."""
 
+import pytest
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from nas.budget import BudgetSpec
 from nas.data.splits import SyntheticDataModule
 from nas.search import SupernetSearch
 from tests.conftest import TINY
 
+PLUGINS = {
+    "32-true": lambda: {"precision": "32-true"},
+    "bf16-mixed": lambda: {"precision": "bf16-mixed"},
+    # Lightning maps 16-mixed on a CPU to bf16; this plugin keeps fp16 and its scaler
+    "16-mixed": lambda: {"plugins": [MixedPrecision("16-mixed", "cpu",
+                                                    torch.amp.GradScaler("cpu"))]},
+}
 
-def test_bf16_mixed_search_trains_weights_and_alpha(tiny_table, tmp_path):
+
+def search(table: str, precision: str, tmp_path) -> tuple[SupernetSearch, dict]:
+    """Four steps at ``precision``: the module and its state before training."""
     L.seed_everything(0)
-    module = SupernetSearch(space=TINY, cost_table=tiny_table, budget=BudgetSpec(fraction=0.5),
+    module = SupernetSearch(space=TINY, cost_table=table, budget=BudgetSpec(fraction=0.5),
                             warmup_epochs=0, sandwich_random=1, arch_lr=0.05)
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1,
-                        accelerator="cpu", precision="bf16-mixed", logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1,
+                        accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, **PLUGINS[precision]())
     trainer.fit(module, SyntheticDataModule(num_samples=256, batch_size=32))
+    return module, before
+
+
+def weight_change(module: SupernetSearch, before: dict) -> float:
     after = module.state_dict()
-    # parameters stay float32 (autocast computes in bf16), every one finite
+    return sum((after[k] - before[k]).norm() ** 2 for k in before
+               if k.startswith("net.stages") and k.endswith("conv_pw.weight")) ** 0.5
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_search_trains_weights_and_alpha(tiny_table, precision, tmp_path):
+    module, before = search(tiny_table, precision, tmp_path)
+    after = module.state_dict()
+    # parameters stay float32 (autocast computes in half precision), every one finite
     for name, p in module.named_parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("net.stages") and k.endswith("conv_pw.weight") for k in changed)
-    assert any(k.endswith("quant_mid.step") for k in changed)  # learned steps learn under bf16
+    # learned steps have no weight decay: they move only if their gradients reach them
+    assert any(k.endswith("quant_mid.step") for k in changed)
     assert any(k.startswith("alpha.alpha") for k in changed)
     assert module.bad_steps == 0
+
+
+def test_fp16_updates_are_as_large_as_float32_ones(tiny_table, tmp_path):
+    """Under a grad scaler the weights' gradients are clipped after unscaling: clipped while
+    still scaled (×65 536), every update shrank to weight decay alone. The scaler may skip
+    a first overflowing step, so the sizes agree to a factor, not exactly."""
+    full = weight_change(*search(tiny_table, "32-true", tmp_path))
+    half = weight_change(*search(tiny_table, "16-mixed", tmp_path))
+    assert 0.4 * full < half < 1.6 * full, (half, full)
