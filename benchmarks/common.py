@@ -49,6 +49,7 @@ class Mode:
     members: int
     recal_batches: int
     latency_repeats: int
+    classifier_batches: int  # batches each member's exit classifiers are refit on
 
     @property
     def name(self) -> str:
@@ -56,9 +57,9 @@ class Mode:
 
 
 QUICK = Mode(True, TINY_SPACE, batch_size=32, epochs=2, limit=8, members=3, recal_batches=4,
-             latency_repeats=10)
+             latency_repeats=10, classifier_batches=4)
 FULL = Mode(False, FMNIST_SPACE, batch_size=128, epochs=3, limit=50, members=4,
-            recal_batches=20, latency_repeats=30)
+            recal_batches=20, latency_repeats=30, classifier_batches=100)
 
 
 _MODES = {True: QUICK, False: FULL}

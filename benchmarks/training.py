@@ -113,7 +113,9 @@ def shared_search(quick: bool, out_dir: str | Path, opts: Options) -> dict[str, 
     search, timing = run_search(quick, out_dir, opts)
     dm = datamodule(quick, opts.data_dir)
     export = export_family(search, d / "export", dm, members=m.members,
-                           recal_batches=m.recal_batches, latency_repeats=m.latency_repeats,
+                           recal_batches=m.recal_batches,
+                           classifier_batches=m.classifier_batches,
+                           latency_repeats=m.latency_repeats,
                            onnx=False, progress=opts.progress)
     space, table = search.search_space, load_table(quick, out_dir)
     gen = torch.Generator().manual_seed(0)

@@ -10,7 +10,8 @@ from deploy.family_file import (
     FamilyError,
     FamilyFile,
     MemberRecord,
-    member_bn_state,
+    exit_classifiers,
+    member_state,
     read_family,
     write_family,
 )
@@ -23,6 +24,6 @@ __all__ = [
     "FAMILY_FORMAT", "FAMILY_VERSION", "BudgetController", "EarlyExitResult", "FamilyError",
     "FamilyFile", "FamilyRuntime", "LoweringError", "MemberRecord", "SwitchEvent",
     "ThresholdCalibration", "WeightQuant", "confidence", "fold_bn", "load_member",
-    "load_weight_quant", "lower_member", "member_bn_state", "read_family", "trained_weight_quant",
-    "write_family", "write_member",
+    "exit_classifiers", "load_weight_quant", "lower_member", "member_state", "read_family",
+    "trained_weight_quant", "write_family", "write_member",
 ]

@@ -1,7 +1,7 @@
 """The family file (``family.pt``): one writer, one reader, one member record, a format version.
 
 It holds the shared supernet weights, the space spec and every member's config, costs and own
-batch-norm statistics, as plain tensors, dicts and numbers, so ``torch.load(weights_only=True)``
+state (batch-norm statistics and exit classifiers), as plain tensors, dicts and numbers, so ``torch.load(weights_only=True)``
 reads it and no code from the file ever runs.
 """
 
@@ -21,7 +21,8 @@ from supernet.arch import ArchConfig
 from supernet.io import CorruptFileError
 
 FAMILY_FORMAT = "hwnas-family"
-FAMILY_VERSION = 2  # 2: batch-norm statistics keyed by the member's own module names
+FAMILY_VERSION = 3  # 3: each member's own exit classifiers beside its batch-norm statistics
+READABLE_VERSIONS = (2, 3)  # 2: batch-norm statistics alone (the members use the shared heads)
 EXPORT_FIX = "export it again with `hwnas export --ckpt <search.ckpt> --out <dir>`"
 
 
@@ -47,25 +48,39 @@ def load_tensors(path: str | Path, what: str, fix: str = EXPORT_FIX,
                       f"with or another kind of file; {fix}") from None
 
 
-def member_bn_state(member: nn.Module) -> dict[str, torch.Tensor]:
-    """The running statistics of every batch norm of an extracted member, keyed by its own
-    buffer names (``stages.1.0.bn2.running_mean``), as ``load_state_dict`` expects them."""
+def member_state(member: nn.Module) -> dict[str, torch.Tensor]:
+    """What a member holds of its own, keyed by its own names, as ``load_state_dict`` expects
+    them: the running statistics of every batch norm (``stages.1.0.bn2.running_mean``) and
+    the weights of every exit's classifier (``heads.2.fc.weight``), both fitted to it alone at
+    export; everything else is the shared supernet's."""
     return {k: v.detach().cpu().clone() for k, v in member.state_dict().items()
-            if k.endswith((".running_mean", ".running_var"))}
+            if k.endswith((".running_mean", ".running_var")) or k in classifier_keys(member)}
+
+
+def exit_classifiers(member: nn.Module) -> list[nn.Linear]:
+    """The last linear layer of each exit head, shallowest exit first."""
+    return [[m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+            for head in member.heads.values()]
+
+
+def classifier_keys(member: nn.Module) -> set[str]:
+    names = {id(m): n for n, m in member.named_modules()}
+    return {f"{names[id(fc)]}.{p}" for fc in exit_classifiers(member)
+            for p, _ in fc.named_parameters()}
 
 
 @dataclass
 class MemberRecord:
     """One member as it ships: its config, table costs (metric → value), the cost of running up
-    to each of its exits (metric → one value per exit, shallowest first), its recalibrated
-    batch-norm statistics, test accuracy per exit in [0, 1], α log-probability and the user
+    to each of its exits (metric → one value per exit, shallowest first), its own state
+    (`member_state`: recalibrated batch-norm statistics, refit exit classifiers), test accuracy per exit in [0, 1], α log-probability and the user
     budgets it was picked for."""
 
     name: str
     config: ArchConfig
     costs: dict[str, float]
     exit_costs: dict[str, list[float]]
-    bn: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
     accuracy: list[float] = field(default_factory=list)
     log_prob: float = 0.0
     budgets: list[str] = field(default_factory=list)
@@ -74,7 +89,7 @@ class MemberRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.to_dict(), "costs": dict(self.costs),
                 "exit_costs": {k: list(v) for k, v in self.exit_costs.items()},
-                "bn": dict(self.bn), "accuracy": list(self.accuracy),
+                "state": dict(self.state), "accuracy": list(self.accuracy),
                 "log_prob": float(self.log_prob), "budgets": list(self.budgets),
                 "exit_stages": list(self.exit_stages)}
 
@@ -83,7 +98,7 @@ class MemberRecord:
         return cls(name=str(d["name"]), config=ArchConfig.from_dict(d["config"]),
                    costs={k: float(v) for k, v in d["costs"].items()},
                    exit_costs={k: [float(x) for x in v] for k, v in d["exit_costs"].items()},
-                   bn=dict(d["bn"]), accuracy=[float(a) for a in d.get("accuracy", [])],
+                   state=dict(d["state"] if "state" in d else d["bn"]), accuracy=[float(a) for a in d.get("accuracy", [])],
                    log_prob=float(d.get("log_prob", 0.0)), budgets=list(d.get("budgets", [])),
                    exit_stages=tuple(int(s) for s in d.get("exit_stages", ())))
 
@@ -124,9 +139,10 @@ def read_family(path: str | Path, map_location: str | torch.device = "cpu") -> F
     if not isinstance(data, dict) or data.get("format") != FAMILY_FORMAT:
         raise FamilyError(f"{path}: not an hwnas family checkpoint (no format "
                           f"{FAMILY_FORMAT!r}); pass the family.pt written by `hwnas export`")
-    if data.get("version") != FAMILY_VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise FamilyError(f"{path}: family format version {data.get('version')!r}, this hwnas "
-                          f"reads version {FAMILY_VERSION}; {EXPORT_FIX} using this hwnas")
+                          f"reads versions {readable}; {EXPORT_FIX} using this hwnas")
     try:
         return FamilyFile(
             space=data["space"], state_dict=data["state_dict"],

@@ -23,7 +23,8 @@ from deploy.family_file import (
     FamilyError,
     FamilyFile,
     MemberRecord,
-    member_bn_state,
+    classifier_keys,
+    member_state,
     read_family,
 )
 from supernet.extract import StaticNet, extract
@@ -84,16 +85,18 @@ class FamilyRuntime(nn.Module):
             except SpaceError as e:
                 raise FamilyError(f"member {rec.name!r}: {e}") from None
             static = extract(net, rec.config).eval()
-            expected = set(member_bn_state(static))
-            odd = sorted(set(rec.bn) ^ expected)
+            own = set(member_state(static))
+            # a version-2 family holds no classifiers: its members keep the shared heads
+            odd = sorted((set(rec.state) - own)
+                         | (own - set(rec.state) - classifier_keys(static)))
             if odd:
-                what = "names no buffer of" if odd[0] in rec.bn else "is missing for"
-                raise FamilyError(f"member {rec.name!r}: batch-norm statistic {odd[0]!r} {what} "
+                what = "names no tensor of" if odd[0] in rec.state else "is missing for"
+                raise FamilyError(f"member {rec.name!r}: its own state {odd[0]!r} {what} "
                                   f"its network; {EXPORT_FIX}")
             try:
-                static.load_state_dict(rec.bn, strict=False)
+                static.load_state_dict(rec.state, strict=False)
             except RuntimeError as e:
-                raise FamilyError(f"member {rec.name!r}: batch-norm statistics do not fit its "
+                raise FamilyError(f"member {rec.name!r}: its own state does not fit its "
                                   f"network ({str(e).splitlines()[-1].strip()}); "
                                   f"{EXPORT_FIX}") from None
             if rec.exit_stages and tuple(rec.exit_stages) != static.exit_stages:

@@ -65,7 +65,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   members: int = 8, budgets: Mapping[str, Sequence[float]] | None = None,
                   metric: str = "latency_ms", start: str = "largest",
                   configs: Sequence[ArchConfig | Mapping] | None = None, recal_batches: int = 20,
-                  test_batches: int | None = None, samples: int = 0,
+                  classifier_batches: int = 100, test_batches: int | None = None, samples: int = 0,
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
                   onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
                   seed: int = 0) -> ExportResult:
@@ -77,7 +77,8 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
     datamodule.setup("fit")
     train, test = datamodule.weights_dataloader(), datamodule.test_dataloader()
     input_shape = (space.input_channels, space.input_size, space.input_size)
-    kw = {"recal_batches": recal_batches, "test_limit": test_batches,
+    kw = {"recal_batches": recal_batches, "classifier_batches": classifier_batches,
+          "test_limit": test_batches,
           "latency_device": latency_device, "latency_repeats": latency_repeats}
     rng = random.Random(seed)
     extra = [space.sample(rng) for _ in range(samples)]
@@ -94,7 +95,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
             if ev.measured_latency_ms is not None:
                 costs[MEASURED] = ev.measured_latency_ms
             meta = {**rec, "space": space.spec, "table_id": table.id,
-                    "recal_batches": recal_batches}
+                    "recal_batches": recal_batches, "classifier_batches": classifier_batches}
             doc = write_member(tmp / "members" / m.name, ev.module,
                                trained_weight_quant(net, ev.module, m.config), meta, input_shape,
                                onnx=onnx, seed=seed, fallback=onnx_fallback)
@@ -102,7 +103,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                 rec["onnx"] = doc["onnx"]
                 rec["onnx_max_abs_diff"] = doc["onnx"]["max_abs_diff"]
                 rec["file_weight_bytes"] = doc["weight_bytes"]
-            entries.append(MemberRecord(m.name, m.config, costs, m.exit_costs, ev.bn_state,
+            entries.append(MemberRecord(m.name, m.config, costs, m.exit_costs, ev.state,
                                         ev.accuracy, m.log_prob, m.budgets,
                                         ev.module.exit_stages))
             records.append(rec)
@@ -121,7 +122,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
             budget_picks=family.budget_picks, recal_batches=recal_batches), tmp / "family.pt")
         meta = {"space": space.name, "table_id": table.id, "table_target": table.meta.target,
                 "metric": family.metric, "budget_picks": family.budget_picks,
-                "recal_batches": recal_batches}
+                "recal_batches": recal_batches, "classifier_batches": classifier_batches}
         write_pareto_json(records, tmp / "pareto.json", **meta)
         plot_pareto(records, tmp / "pareto.png", family.metric)
     out = Path(out)
@@ -154,6 +155,9 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
                              "latency_ms=0.5,1,2 (repeatable)")
     parser.add_argument("--recal-batches", type=int, default=20,
                         help="training batches for each member's BN recalibration (20)")
+    parser.add_argument("--classifier-batches", type=int, default=100,
+                        help="training batches to refit each member's exit classifiers on its "
+                             "own features; 0 keeps the shared ones (100)")
     parser.add_argument("--test-batches", type=int, default=None,
                         help="limit the test batches per member (default: the whole test set)")
     parser.add_argument("--samples", type=int, default=0,
@@ -199,7 +203,7 @@ def export_command(argv: list[str]) -> int:
                                           args.data_dir),
         members=args.members, budgets=parse_budgets(args.budgets), metric=args.metric,
         start=args.start, configs=configs, recal_batches=args.recal_batches,
-        test_batches=args.test_batches, samples=args.samples,
+        classifier_batches=args.classifier_batches, test_batches=args.test_batches, samples=args.samples,
         latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
         onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
     print(format_table(result.records, result.family.metric))

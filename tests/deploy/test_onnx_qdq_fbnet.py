@@ -23,7 +23,7 @@ from deploy import (
     FamilyRuntime,
     MemberRecord,
     lower_member,
-    member_bn_state,
+    member_state,
     trained_weight_quant,
     write_family,
     write_member,
@@ -271,9 +271,9 @@ def test_a_family_of_grouped_and_skip_conv_members_round_trips(fbnet, tmp_path):
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_mean.normal_()
         records.append(MemberRecord(case, config, {"latency_ms": float(i)}, {},
-                                    member_bn_state(static)))
+                                    member_state(static)))
         statics.append(static)
-    assert "stages.1.0.bn.running_mean" in records[0].bn
+    assert "stages.1.0.bn.running_mean" in records[0].state
     path = write_family(FamilyFile(fbnet.spec, net.state_dict(), records, "latency_ms"),
                         tmp_path / "family.pt")
     runtime = FamilyRuntime.load(path)

@@ -8,12 +8,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nas.family.export
 from deploy import load_member
 from nas.family.export import export_command, export_family, log_artifact
-from nas.family.recalibrate import recalibrate_bn
+from nas.family.recalibrate import recalibrate_bn, refit_classifiers
 from nas.search import load_search
 from supernet import SpaceError
 from tests.conftest import synthetic_data as data
@@ -53,7 +54,7 @@ def test_export_writes_every_file_and_they_load_weights_only(exported):
     assert [m["name"] for m in family["members"]] == names
     assert family["table_id"] and family["space"]["name"] == "tiny"
     for m in family["members"]:
-        assert m["bn"] and all(isinstance(t, torch.Tensor) for t in m["bn"].values())
+        assert m["state"] and all(isinstance(t, torch.Tensor) for t in m["state"].values())
     for name in names:
         mdir = out / "members" / name
         state = torch.load(mdir / "model.pt", weights_only=True)
@@ -184,6 +185,69 @@ def test_recalibration_is_a_cumulative_average_and_restores_the_mode():
     assert net[1].momentum == 0.1 and not net.training
     with pytest.raises(ValueError, match="no batches"):
         recalibrate_bn(net, [], 1)
+
+
+class TwoExits(nn.Module):
+    """An extracted member's shape: a body, and heads ending in a linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU())
+        self.heads = nn.ModuleDict({
+            "1": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(6, 3)),
+            "2": nn.Sequential(nn.Conv2d(6, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                               nn.Linear(4, 3))})
+
+    def forward(self, x):
+        x = self.body(x)
+        return [h(x) for h in self.heads.values()]
+
+
+def refit_objective(model, batches, pull, shared):
+    """The refit's objective per exit, recomputed from the model's own forward."""
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    fcs = [h[-1] for h in model.heads.values()]
+    with torch.enable_grad():
+        out = []
+        for logits, fc, old in zip(model(x), fcs, shared, strict=True):
+            loss = F.cross_entropy(logits, y) + pull * sum(
+                (p - q).square().sum() for p, q in zip(fc.parameters(), old, strict=True))
+            grads = torch.autograd.grad(loss, list(fc.parameters()))
+            out.append((loss.item(), max(g.abs().max().item() for g in grads)))
+    return out
+
+
+def test_classifier_refit_reaches_the_optimum_and_changes_nothing_else():
+    """Convex in the classifier: at the refit's end its objective's gradient vanishes (checked
+    on the model's own forward, not the refit's cached features), the objective fell, and
+    every other tensor — the body, BN statistics, the second head's conv — is untouched."""
+    torch.manual_seed(0)
+    model = TwoExits().eval()
+    batches = [(torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))) for _ in range(4)]
+    shared = [[p.detach().clone() for p in h[-1].parameters()] for h in model.heads.values()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = refit_objective(model, batches[:3], 1e-3, shared)
+    refit_classifiers(model, batches, num_batches=3, pull=1e-3)
+    end = refit_objective(model, batches[:3], 1e-3, shared)
+    for (l0, _), (l1, grad) in zip(start, end, strict=True):
+        assert l1 < l0 and grad < 1e-3
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"heads.1.2.weight", "heads.1.2.bias", "heads.2.3.weight", "heads.2.3.bias"}
+    assert not model.training
+    with pytest.raises(ValueError, match="no batches"):
+        refit_classifiers(model, [], 1)
+
+
+def test_a_strong_pull_keeps_the_shared_classifier():
+    torch.manual_seed(1)
+    model = TwoExits().eval()
+    batches = [(torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,)))]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    refit_classifiers(model, batches, num_batches=1, pull=1e6)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, before[k], atol=1e-5), k
 
 
 @pytest.mark.slow
