@@ -80,6 +80,16 @@ def test_quick_run_all_writes_every_figure(tmp_path):
         assert adherence[f"{loss}_shipped_max_ratio"] <= 1.0
     twins = json.loads((tmp_path / "one_vs_many.json").read_text())["results"]["members"]
     assert len(twins) >= 2 and all(0 <= r["scratch_accuracy"] <= 1 for r in twins)
+    # the refit comparison reads that run's family and twins, and trains nothing
+    from benchmarks import classifier_refit
+
+    refit = classifier_refit.run(True, tmp_path)["results"]["members"]
+    assert [r["name"] for r in refit] == [r["name"] for r in twins]
+    for r, twin in zip(refit, twins, strict=True):
+        assert r["scratch_accuracy"] == twin["scratch_accuracy"]
+        assert r["refit_gap_pp"] == pytest.approx(
+            100 * (r["refit_accuracy"] - r["scratch_accuracy"]))
+        assert 0 <= r["shared_accuracy"] <= 1 and 0 <= r["refit_accuracy"] <= 1
 
 
 def test_a_figure_alone_creates_its_output_folder(tmp_path):
