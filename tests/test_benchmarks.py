@@ -90,6 +90,16 @@ def test_quick_run_all_writes_every_figure(tmp_path):
         assert r["refit_gap_pp"] == pytest.approx(
             100 * (r["refit_accuracy"] - r["scratch_accuracy"]))
         assert 0 <= r["shared_accuracy"] <= 1 and 0 <= r["refit_accuracy"] <= 1
+    # an A/B search scores the same member configs of that family
+    from benchmarks import search_variant
+
+    family = tmp_path / "shared" / "export" / "family.pt"
+    out = tmp_path / "variant"
+    assert search_variant.cli(["--quick", "--out", str(out), "--family", str(family),
+                               "--members", "m0", "--set", "sandwich_random=0"]) == 0
+    doc = json.loads((out / "search_variant.json").read_text())
+    assert doc["settings"]["overrides"] == {"sandwich_random": 0}
+    assert 0 <= doc["headline"]["m0_accuracy"] <= 1
 
 
 def test_a_figure_alone_creates_its_output_folder(tmp_path):
@@ -125,3 +135,15 @@ def test_the_op_count_sees_native_kernel_calls():
         torch.relu(w)
         native_weight_forward(w, p, (4, 8))
     assert count_ops(prof)["ops"] == plain + 2  # its output's allocation and the kernel
+
+
+def test_a_search_variant_refuses_unknown_settings_and_members(tmp_path, capsys):
+    from benchmarks import search_variant
+
+    with pytest.raises(SystemExit, match="not SupernetSearch arguments"):
+        search_variant.run(True, tmp_path, family="unused", members="m0",
+                           overrides={"sandwich_draw": "uniform"})
+    with pytest.raises(SystemExit):
+        search_variant.cli(["--quick", "--out", str(tmp_path), "--family", "f",
+                            "--members", "m0", "--set", "novalue"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
