@@ -23,7 +23,7 @@ NAME = "classifier_refit"
 
 
 def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
-    from deploy import read_family
+    from deploy import FamilyError, read_family
     from nas.family.recalibrate import evaluate_member
     from supernet import SearchSpace, SuperNet
 
@@ -34,7 +34,10 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
         raise SystemExit(f"{NAME}: no exported family in {shared_dir}; run one_vs_many into "
                          f"the same --out first")
     info = json.loads(info_path.read_text())
-    family = read_family(family_path)
+    try:
+        family = read_family(family_path)
+    except FamilyError as e:
+        raise SystemExit(f"{NAME}: {e}") from None
     net = SuperNet(SearchSpace(family.space))
     net.load_state_dict(family.state_dict)
     net.eval()

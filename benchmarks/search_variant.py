@@ -40,7 +40,7 @@ def parse_value(text: str) -> Any:
 
 def run(quick: bool, out_dir: str | Path, *, family: str, members: str,
         overrides: dict[str, Any], **kwargs: Any) -> dict:
-    from deploy import read_family
+    from deploy import FamilyError, read_family
     from nas.family.recalibrate import evaluate_member
     from nas.search import SupernetSearch
 
@@ -50,7 +50,10 @@ def run(quick: bool, out_dir: str | Path, *, family: str, members: str,
         raise SystemExit(f"--set: {odd} are not SupernetSearch arguments; known: "
                          f"{sorted(known)}")
     opts, m = options(**kwargs), mode(quick)
-    reference = read_family(family)
+    try:
+        reference = read_family(family)
+    except FamilyError as e:
+        raise SystemExit(f"--family: {e}") from None
     names = members.split(",")
     by_name = {r.name: r for r in reference.members}
     unknown = [n for n in names if n not in by_name]

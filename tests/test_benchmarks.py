@@ -147,3 +147,6 @@ def test_a_search_variant_refuses_unknown_settings_and_members(tmp_path, capsys)
         search_variant.cli(["--quick", "--out", str(tmp_path), "--family", "f",
                             "--members", "m0", "--set", "novalue"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--family: .*does not exist"):
+        search_variant.run(True, tmp_path, family=str(tmp_path / "none.pt"), members="m0",
+                           overrides={})
