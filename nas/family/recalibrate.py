@@ -141,6 +141,9 @@ def evaluate_member(net: SuperNet, config: ArchConfig, train_batches: Iterable,
     """Extract ``config``, recalibrate its batch norms, refit its exits' classifiers (not with
     ``classifier_batches=0``), score it per exit and time it (batch 1 on ``latency_device``;
     ``None`` skips the timing)."""
+    if classifier_batches < 0:
+        raise ValueError(f"classifier batches: 0 (keep the shared classifiers) or more, got "
+                         f"{classifier_batches}")
     static = extract(net, net.space.validate(config))
     recalibrate_bn(static, train_batches, recal_batches)
     if classifier_batches:

@@ -14,9 +14,9 @@ from torch import nn
 import nas.family.export
 from deploy import load_member
 from nas.family.export import export_command, export_family, log_artifact
-from nas.family.recalibrate import recalibrate_bn, refit_classifiers
+from nas.family.recalibrate import evaluate_member, recalibrate_bn, refit_classifiers
 from nas.search import load_search
-from supernet import SpaceError
+from supernet import SpaceError, SuperNet
 from tests.conftest import synthetic_data as data
 
 FAST = {"recal_batches": 2, "latency_repeats": 3, "progress": False}
@@ -238,6 +238,12 @@ def test_classifier_refit_reaches_the_optimum_and_changes_nothing_else():
     assert not model.training
     with pytest.raises(ValueError, match="no batches"):
         refit_classifiers(model, [], 1)
+
+
+def test_a_negative_classifier_batch_count_is_refused_before_any_work(tiny_space):
+    with pytest.raises(ValueError, match=r"0 \(keep the shared classifiers\) or more, got -1"):
+        evaluate_member(SuperNet(tiny_space), tiny_space.smallest(), [], [],
+                        classifier_batches=-1)
 
 
 def test_a_strong_pull_keeps_the_shared_classifier():
