@@ -334,7 +334,9 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
     # "eager" rounds run the default activation kernels: native C++ on CPU where they build
     settings = {"batch_size": mode(quick).batch_size, "warmup_rounds": warmup,
                 "timed_rounds": rounds, "device": str(opts.device), "kernels": list(kinds),
-                "default_quant_kernels": quant_kernels(),
+                # the native kernels are CPU-only: CUDA runs the eager ones by default
+                "default_quant_kernels": quant_kernels() if opts.device.type == "cpu"
+                else "eager",
                 "memory_method": "cuda max_memory_allocated above the pre-step level"
                 if opts.device.type == "cuda" else
                 "torch.profiler memory events: peak bytes allocated during the step"}
