@@ -1,8 +1,8 @@
 """The family file (``family.pt``): one writer, one reader, one member record, a format version.
 
 It holds the shared supernet weights, the space spec and every member's config, costs and own
-state (batch-norm statistics and exit classifiers), as plain tensors, dicts and numbers, so ``torch.load(weights_only=True)``
-reads it and no code from the file ever runs.
+state (batch-norm statistics and exit classifiers), as plain tensors, dicts and numbers, so
+``torch.load(weights_only=True)`` reads it and no code from the file ever runs.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def member_state(member: nn.Module) -> dict[str, torch.Tensor]:
     them: the running statistics of every batch norm (``stages.1.0.bn2.running_mean``) and
     the weights of every exit's classifier (``heads.2.fc.weight``), both fitted to it alone at
     export; everything else is the shared supernet's."""
+    classifiers = classifier_keys(member)
     return {k: v.detach().cpu().clone() for k, v in member.state_dict().items()
-            if k.endswith((".running_mean", ".running_var")) or k in classifier_keys(member)}
+            if k.endswith((".running_mean", ".running_var")) or k in classifiers}
 
 
 def exit_classifiers(member: nn.Module) -> list[nn.Linear]:
@@ -73,8 +74,8 @@ def classifier_keys(member: nn.Module) -> set[str]:
 class MemberRecord:
     """One member as it ships: its config, table costs (metric → value), the cost of running up
     to each of its exits (metric → one value per exit, shallowest first), its own state
-    (`member_state`: recalibrated batch-norm statistics, refit exit classifiers), test accuracy per exit in [0, 1], α log-probability and the user
-    budgets it was picked for."""
+    (`member_state`: recalibrated batch-norm statistics, refit exit classifiers), test accuracy
+    per exit in [0, 1], α log-probability and the user budgets it was picked for."""
 
     name: str
     config: ArchConfig
@@ -98,7 +99,8 @@ class MemberRecord:
         return cls(name=str(d["name"]), config=ArchConfig.from_dict(d["config"]),
                    costs={k: float(v) for k, v in d["costs"].items()},
                    exit_costs={k: [float(x) for x in v] for k, v in d["exit_costs"].items()},
-                   state=dict(d["state"] if "state" in d else d["bn"]), accuracy=[float(a) for a in d.get("accuracy", [])],
+                   state=dict(d["state"] if "state" in d else d["bn"]),  # "bn": version 2
+                   accuracy=[float(a) for a in d.get("accuracy", [])],
                    log_prob=float(d.get("log_prob", 0.0)), budgets=list(d.get("budgets", [])),
                    exit_stages=tuple(int(s) for s in d.get("exit_stages", ())))
 

@@ -154,7 +154,8 @@ def quickstart_command(argv: list[str]) -> int:
     result = export_family(
         search, out / "export", dm, members=args.members, budgets=budgets,
         metric=args.metric, start=args.start, recal_batches=args.recal_batches or recal,
-        classifier_batches=args.classifier_batches, test_batches=test_batches, samples=args.samples,
+        classifier_batches=args.classifier_batches, test_batches=test_batches,
+        samples=args.samples,
         latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
         seed=args.seed)
     print(format_table(result.records, result.family.metric))

@@ -65,7 +65,8 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   members: int = 8, budgets: Mapping[str, Sequence[float]] | None = None,
                   metric: str = "latency_ms", start: str = "largest",
                   configs: Sequence[ArchConfig | Mapping] | None = None, recal_batches: int = 20,
-                  classifier_batches: int = 100, test_batches: int | None = None, samples: int = 0,
+                  classifier_batches: int = 100, test_batches: int | None = None,
+                  samples: int = 0,
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
                   onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
                   seed: int = 0) -> ExportResult:
@@ -203,7 +204,8 @@ def export_command(argv: list[str]) -> int:
                                           args.data_dir),
         members=args.members, budgets=parse_budgets(args.budgets), metric=args.metric,
         start=args.start, configs=configs, recal_batches=args.recal_batches,
-        classifier_batches=args.classifier_batches, test_batches=args.test_batches, samples=args.samples,
+        classifier_batches=args.classifier_batches, test_batches=args.test_batches,
+        samples=args.samples,
         latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
         onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
     print(format_table(result.records, result.family.metric))

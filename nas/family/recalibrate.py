@@ -136,7 +136,8 @@ class MemberEvaluation:
 
 def evaluate_member(net: SuperNet, config: ArchConfig, train_batches: Iterable,
                     test_batches: Iterable, *, recal_batches: int = 20,
-                    classifier_batches: int = 100, test_limit: int | None = None, latency_device: str | None = "cpu",
+                    classifier_batches: int = 100, test_limit: int | None = None,
+                    latency_device: str | None = "cpu",
                     latency_threads: int = 1, latency_repeats: int = 30) -> MemberEvaluation:
     """Extract ``config``, recalibrate its batch norms, refit its exits' classifiers (not with
     ``classifier_batches=0``), score it per exit and time it (batch 1 on ``latency_device``;

@@ -166,8 +166,8 @@ def test_truncated_or_foreign_files_are_clear_errors(exported, tmp_path):
         FamilyRuntime.load(tmp_path / "tampered.pt")
     family["version"] = 1
     torch.save(family, tmp_path / "old.pt")
-    with pytest.raises(FamilyError, match=r"version 1, this hwnas reads versions 2 and 3; export it "
-                                          r"again with `hwnas export"):
+    with pytest.raises(FamilyError, match=r"version 1, this hwnas reads versions 2 and 3; "
+                                          r"export it again with `hwnas export"):
         FamilyRuntime.load(tmp_path / "old.pt")
 
 
