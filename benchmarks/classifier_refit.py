@@ -24,7 +24,7 @@ NAME = "classifier_refit"
 
 def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
     from deploy import FamilyError, read_family
-    from nas.family.recalibrate import evaluate_member
+    from nas.family.recalibrate import evaluate_member, exit_accuracy, refit_classifiers
     from supernet import SearchSpace, SuperNet
 
     opts, m = options(**kwargs), mode(quick)
@@ -44,12 +44,13 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
     dm = datamodule(quick, opts.data_dir)
     rows = []
     for rec in family.members:
-        acc = {}
-        for label, batches in (("shared", 0), ("refit", m.classifier_batches)):
-            ev = evaluate_member(net, rec.config, dm.weights_dataloader(), dm.test_dataloader(),
-                                 recal_batches=m.recal_batches, classifier_batches=batches,
-                                 latency_device=None)
-            acc[label] = ev.accuracy[-1]
+        # one extracted, recalibrated member, scored before and after its refit
+        ev = evaluate_member(net, rec.config, dm.weights_dataloader(), dm.test_dataloader(),
+                             recal_batches=m.recal_batches, classifier_batches=0,
+                             latency_device=None)
+        refit_classifiers(ev.module, dm.weights_dataloader(), m.classifier_batches)
+        acc = {"shared": ev.accuracy[-1], "refit": exit_accuracy(
+            ev.module, dm.test_dataloader(), net.space.num_classes)[-1]}
         twin = twin_path(quick, out_dir, rec.config, info["recipe"])
         twin_acc = json.loads(twin.read_text())["accuracy"][-1] if twin.is_file() else None
         rows.append({
