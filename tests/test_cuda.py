@@ -15,6 +15,7 @@ from supernet.fused import kernels, mixed_weight_quant
 from supernet.mix import Mix
 from supernet.quant import ActQuantizer, mixed_weight_reference
 from tests.conftest import TINY
+from tests.nas.test_precision import assert_trains_everything, search
 from tests.supernet.test_fused import assert_close_rel, leaves
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -89,20 +90,4 @@ def test_fused_quantizers_on_cuda_equal_the_reference(bits, compiled):
 def test_mixed_precision_search_on_one_gpu(tiny_table, precision, tmp_path):
     """fp16 needs the gradient scaler under manual optimization; both must train the weights,
     the learned steps and α, and skip no step."""
-    L.seed_everything(0)
-    module = SupernetSearch(space=TINY, cost_table=tiny_table, budget=BudgetSpec(fraction=0.5),
-                            warmup_epochs=0, sandwich_random=1, arch_lr=0.05)
-    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1,
-                        accelerator="gpu", devices=1, precision=precision, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)
-    trainer.fit(module, SyntheticDataModule(num_samples=256, batch_size=32))
-    after = {k: v.cpu() for k, v in module.state_dict().items()}
-    for name, p in module.named_parameters():
-        assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
-    changed = [k for k in before if not torch.equal(before[k].cpu(), after[k])]
-    assert any(k.startswith("net.stages") and k.endswith("conv_pw.weight") for k in changed)
-    assert any(k.endswith("quant_mid.step") for k in changed)
-    assert any(k.startswith("alpha.alpha") for k in changed)
-    assert module.bad_steps == 0
+    assert_trains_everything(*search(tiny_table, precision, tmp_path, accelerator="gpu"))
