@@ -137,7 +137,7 @@ def test_the_op_count_sees_native_kernel_calls():
     assert count_ops(prof)["ops"] == plain + 2  # its output's allocation and the kernel
 
 
-def test_a_search_variant_refuses_unknown_settings_and_members(tmp_path, capsys):
+def test_a_search_variant_refuses_unknown_settings_and_a_missing_family(tmp_path, capsys):
     from benchmarks import search_variant
 
     with pytest.raises(SystemExit, match="not SupernetSearch arguments"):
