@@ -90,6 +90,7 @@ def _load(path: Path) -> ctypes.CDLL:
         for suffix in ("_f32", "_f64"):
             fn = getattr(lib, name + suffix)
             fn.argtypes, fn.restype = args, ctypes.c_int
+    lib.hwnas_use_avx2.argtypes, lib.hwnas_use_avx2.restype = (_I32,), ctypes.c_int
     return lib
 
 

@@ -219,6 +219,7 @@ def tricky(shape, steps: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 
 
 NATIVE_BITS = [(32,), (4, 8, 32), (2, 3, 8)]
+WIDE_MIX = (2, 3, 4, 6, 8, 32)  # more bit-widths than the unrolled loops take (1 to 4)
 
 
 def native_cases():
@@ -226,6 +227,18 @@ def native_cases():
         for kind in ["mixed"] + [str(i) for i in range(len(bits))]:
             for layout in (torch.contiguous_format, torch.channels_last):
                 yield bits, kind, layout
+    yield WIDE_MIX, "mixed", torch.contiguous_format
+
+
+@pytest.fixture(params=["avx2", "scalar"])
+def native_loops(native_on, request):
+    """The native kernels with their float32 AVX2 loops, then with their scalar ones."""
+    lib = native.library()
+    if lib.hwnas_use_avx2(request.param == "avx2") != (request.param == "avx2"):
+        lib.hwnas_use_avx2(1)
+        pytest.skip("this CPU has no AVX2")
+    yield request.param
+    lib.hwnas_use_avx2(1)
 
 
 CLIPS = [None, (0.0, 6.0), (0.0, math.inf)]  # none, a fused ReLU6, a fused ReLU
@@ -233,11 +246,11 @@ CLIPS = [None, (0.0, 6.0), (0.0, math.inf)]  # none, a fused ReLU6, a fused ReLU
 
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize(("bits", "kind", "layout"), list(native_cases()))
-def test_native_kernels_equal_the_eager_ones(native_on, bits, kind, layout, clip):
+def test_native_kernels_equal_the_eager_ones(native_loops, bits, kind, layout, clip):
     """Forward and ∂/∂x: the same bits as eager in float32; the step and probability sums
     (in double) within 1e-6 of eager in float64 on the same values."""
     torch.manual_seed(11 + len(bits))
-    steps = torch.tensor([0.25, -0.0625, 1.0])[:len(bits)]  # powers of 2: exact ties
+    steps = torch.tensor([0.25, -0.0625, 1.0, 0.5, 0.125, 1.0])[:len(bits)]  # 2^k: exact ties
     x = tricky((4, 6, 9, 7), steps).contiguous(memory_format=layout)
     if clip is not None:  # the clamp's edges, exactly
         x[0, 0, 0, :4] = torch.tensor([0.0, 6.0, 5.999, 6.001])
@@ -321,7 +334,7 @@ def test_the_native_backward_finishes_every_gradient_in_its_call(native_on):
     assert steps.grad[2] == 0 and (steps.grad[:2] != 0).all() and (p.grad != 0).all()
 
 
-def test_native_kernels_take_a_strided_input_and_a_gradient_in_another_layout(native_on):
+def test_native_kernels_take_a_strided_input_and_a_gradient_in_another_layout(native_loops):
     bits, steps, p = (2, 8, 32), torch.tensor([0.3, 0.02, 1.0]), torch.tensor([0.2, 0.5, 0.3])
     x = torch.randn(3, 8, 5, 5)[:, ::2]  # not dense
     grad = torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)
@@ -332,11 +345,38 @@ def test_native_kernels_take_a_strided_input_and_a_gradient_in_another_layout(na
         assert_close_rel(a, b, 1e-5)
 
 
-def test_native_threads_change_only_the_summation_order(native_on):
+@pytest.mark.parametrize("bits", [(32,), (4, 8, 32), (2, 4, 8, 32), WIDE_MIX])
+@pytest.mark.parametrize("clip", CLIPS)
+def test_avx2_loops_give_the_scalar_loops_bits(native_on, bits, clip):
+    """Forward, ∂/∂x and the double sums alike, over a tail of fewer than 8 elements and 2
+    threads' chunks."""
+    lib = native.library()
+    if not lib.hwnas_use_avx2(1):
+        pytest.skip("this CPU has no AVX2")
+    torch.manual_seed(3)
+    steps = torch.tensor([0.25, -0.0625, 1.0, 0.5, 0.125, 1.0])[:len(bits)]
+    x = tricky((5, 3, 67, 71), steps)  # 71 355 elements: 3 left after the 8-element steps
+    grad, p = torch.randn_like(x), probabilities(len(bits), "mixed")
+    before, got = torch.get_num_threads(), []
+    try:
+        torch.set_num_threads(2)
+        for enabled in (1, 0):
+            assert lib.hwnas_use_avx2(enabled) == enabled
+            got.append((native_act_forward(x, steps, p, bits, clip),
+                        *native_act_backward(grad, x, steps, p, bits, clip)))
+    finally:
+        lib.hwnas_use_avx2(1)
+        torch.set_num_threads(before)
+    for a, b in zip(*got, strict=True):
+        assert torch.equal(bits_of(a), bits_of(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_threads_change_only_the_summation_order(native_on, dtype):
     torch.manual_seed(5)
-    bits, steps = (2, 4, 8, 32), torch.tensor([0.4, 0.1, 0.01, 1.0], dtype=torch.float64)
-    x = torch.randn(7, 3, 101, 67, dtype=torch.float64) * 2  # 142 kB: 2 and 3 chunks
-    grad, p = torch.randn_like(x), torch.softmax(torch.randn(4, dtype=torch.float64), -1)
+    bits, steps = (2, 4, 8, 32), torch.tensor([0.4, 0.1, 0.01, 1.0], dtype=dtype)
+    x = torch.randn(7, 3, 101, 67, dtype=dtype) * 2  # 142 k elements: 2 and 3 chunks
+    grad, p = torch.randn_like(x), torch.softmax(torch.randn(4, dtype=dtype), -1)
     before, got = torch.get_num_threads(), []
     try:
         for threads in (1, 2, 3):
