@@ -4,7 +4,8 @@ Each training step trains (manual optimization):
 1. the weights, on a ``train`` batch, by the sandwich rule: the largest, the smallest and
    ``sandwich_random`` members drawn from softmax(α) (or from every choice alike,
    ``sandwich_draws="uniform"``), the smaller members distilled in place from the largest, so
-   members sampled later work without retraining;
+   members sampled later work without retraining (``member_label_weight`` mixes the labels'
+   cross-entropy into their loss, as OFA does);
 2. α and the weights, on a held-out ``search`` batch, by one relaxed pass: for α the
    exit-weighted task loss plus the budget penalties on E[cost], for the weights every exit's
    loss; Lagrangian multipliers then take a dual-ascent step on the all-reduced ratio.
@@ -93,6 +94,7 @@ class SupernetSearch(L.LightningModule):
         alpha_trains_weights: bool = True,
         sandwich_start: float = 0.0,
         sandwich_draws: Literal["alpha", "uniform"] = "alpha",
+        member_label_weight: float = 0.0,
     ):
         super().__init__()
         specs = [_as_spec(budget or BudgetSpec())] + [_as_spec(b) for b in extra_budgets or []]
@@ -137,6 +139,9 @@ class SupernetSearch(L.LightningModule):
                              f"{hp.sandwich_start}")
         if hp.sandwich_draws not in ("alpha", "uniform"):
             raise ValueError(f"sandwich_draws: 'alpha' or 'uniform', got {hp.sandwich_draws!r}")
+        if not 0 <= hp.member_label_weight <= 1:
+            raise ValueError(f"member_label_weight: a weight in [0, 1], got "
+                             f"{hp.member_label_weight}")
 
     def add_metrics(self) -> None:
         """Accuracy per exit of the validated member, of its last exit (the exit count moves
@@ -168,6 +173,14 @@ class SupernetSearch(L.LightningModule):
 
     def distill_loss(self, logits: list[torch.Tensor], teacher: torch.Tensor) -> torch.Tensor:
         return sum(self.distill(z, teacher) for z in logits) / len(logits)
+
+    def member_loss(self, logits: list[torch.Tensor], teacher: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+        """A sandwich member's loss: distillation from the largest, ``member_label_weight`` of
+        it replaced by the labels' cross-entropy."""
+        w = self.hparams.member_label_weight
+        loss = self.distill_loss(logits, teacher)
+        return loss if w == 0 else (1 - w) * loss + w * self.task_loss(logits, y)
 
     @property
     def alpha_frozen(self) -> bool:
@@ -251,7 +264,7 @@ class SupernetSearch(L.LightningModule):
         teacher = F.softmax(largest[-1].detach(), -1)
         losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
-            losses[f"member{i}"] = self.distill_loss(self.net(x, member), teacher)
+            losses[f"member{i}"] = self.member_loss(self.net(x, member), teacher, y)
         total = sum(losses.values())
         if alpha is not None:
             alpha[0].zero_grad()

@@ -3,6 +3,7 @@
 import pytest
 import pytorch_lightning as L
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from nas.budget import BudgetSpec
@@ -466,3 +467,18 @@ def test_uniform_draws_cover_the_space_whatever_alpha_says(tiny_table):
     assert widths.count(8) == 0  # softmax(α) never picks it
     with pytest.raises(ValueError, match="sandwich_draws: 'alpha' or 'uniform'"):
         make_search(tiny_table, sandwich_draws="both")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_member_loss_mixes_labels_into_the_distillation(tiny_table, weight):
+    module = make_search(tiny_table, member_label_weight=weight)
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 4), torch.randn(6, 4)]
+    teacher, y = torch.softmax(torch.randn(6, 4), -1), torch.randint(0, 4, (6,))
+    soft = sum(-(teacher * F.log_softmax(z, -1)).sum(-1).mean() for z in logits) / 2
+    hard = sum(F.cross_entropy(z, y, label_smoothing=module.hparams.label_smoothing)
+               for z in logits) / 2
+    torch.testing.assert_close(module.member_loss(logits, teacher, y),
+                               (1 - weight) * soft + weight * hard)
+    with pytest.raises(ValueError, match=r"member_label_weight: a weight in \[0, 1\]"):
+        make_search(tiny_table, member_label_weight=1.5)
