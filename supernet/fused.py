@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
+from torch._C._autograd import _profiler_enabled
 
 FLOAT_BITS = 32
 MIN_STEP = 1e-8  # floor of a learned activation step, so x/s stays finite
@@ -156,10 +157,13 @@ def _check_small(x: torch.Tensor, bits: tuple[int, ...], *small: torch.Tensor) -
 
 
 def _call_native(name: str, x: torch.Tensor, bits: tuple[int, ...], *args) -> None:
-    """The kernel ``name`` for x's dtype on ``args``, as one profiler event (``hwnas::…``: the
-    op counts and traces see it)."""
+    """The kernel ``name`` for x's dtype on ``args``, as one profiler event under a profiler
+    (``hwnas::…``: the op counts and traces see it)."""
     fn = getattr(_native_library(), name + NATIVE_DTYPES[x.dtype])
-    with torch.profiler.record_function(name.replace("hwnas_", "hwnas::")):
+    if _profiler_enabled():  # the event costs ~20 µs a call, so only under a profiler
+        with torch.profiler.record_function(name.replace("hwnas_", "hwnas::")):
+            failed = fn(*args)
+    else:
         failed = fn(*args)
     if failed:
         raise ValueError(f"bits: {len(bits)} bit-widths in one mix; the native kernels take "
