@@ -2,7 +2,8 @@
 
 One process, one thread, interleaved: each round runs (in a shuffled order) a relaxed
 forward+backward of the Fashion-MNIST supernet under softmax(α) with the eager activation
-kernels, the same with the native ones, and a plain forward+backward of the largest member
+kernels, the same with the native ones (their float32 AVX2 loops, and their scalar loops where
+the CPU has AVX2), and a plain forward+backward of the largest member
 (extracted); ratios relaxed ÷ plain are taken per round, then the median. A profiled step of
 each kind gives the activation quantizer's own time (forward and backward nodes).
 
@@ -25,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import FMNIST_SPACE, cpu_model
 from nas.arch_params import ArchParameters
-from supernet import SearchSpace, SuperNet, extract
+from supernet import SearchSpace, SuperNet, extract, native
 from supernet.fused import quant_kernels, use_native_kernels
 
 QUANT_OPS = ("MixedActQuant", "MixedActQuantBackward")
@@ -62,9 +63,13 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
         memory_format=torch.channels_last)
     y = torch.randint(0, space.num_classes, (batch,))
 
-    def relaxed(native: bool) -> Callable[[], None]:
+    lib = native.library()
+
+    def relaxed(kernels: str) -> Callable[[], None]:
         def step() -> None:
-            use_native_kernels(native)
+            use_native_kernels(kernels != "eager")
+            if lib is not None:
+                lib.hwnas_use_avx2(kernels == "native")
             fwd_bwd(lambda v: net(v, alpha.probs()), x, y)
             net.zero_grad(set_to_none=True)
             alpha.zero_grad(set_to_none=True)
@@ -74,10 +79,10 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
         fwd_bwd(plain, x, y)
         plain.zero_grad(set_to_none=True)
 
-    steps = {"relaxed_eager": relaxed(False), "relaxed_native": relaxed(True),
-             "plain": plain_step}
     use_native_kernels(True)
     assert quant_kernels() == "native", "the native kernels did not build here"
+    kinds = ("eager", "native", "native_scalar") if lib.hwnas_use_avx2(1) else ("eager", "native")
+    steps = {f"relaxed_{k}": relaxed(k) for k in kinds} | {"plain": plain_step}
     rng, times = random.Random(0), {k: [] for k in steps}
     for r in range(warmup + rounds):
         order = list(steps)
@@ -89,12 +94,14 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
                 times[name].append((time.perf_counter() - start) * 1e3)
     ratio = {kind: statistics.median(a / b for a, b in zip(times[f"relaxed_{kind}"],
                                                           times["plain"], strict=True))
-             for kind in ("eager", "native")}
-    profiled = {kind: quant_ms(steps[f"relaxed_{kind}"]) for kind in ("eager", "native")}
+             for kind in kinds}
+    profiled = {kind: quant_ms(steps[f"relaxed_{kind}"]) for kind in kinds}
     use_native_kernels(True)
+    lib.hwnas_use_avx2(1)
     return {
         "settings": {"space": FMNIST_SPACE.name, "batch": batch, "rounds": rounds,
-                     "warmup": warmup, "threads": 1, "memory_format": "channels_last"},
+                     "warmup": warmup, "threads": 1, "memory_format": "channels_last",
+                     "native_scalar": "the native kernels with their AVX2 loops off"},
         "machine": {"cpu": cpu_model(), "torch": torch.__version__},
         "median_ms": {k: statistics.median(v) for k, v in times.items()},
         "relaxed_over_plain": ratio,
