@@ -4,8 +4,9 @@ A plain shared library over raw pointers: no torch headers and no ninja, so a bu
 few seconds (about 5 s of CPU with g++ 12). It is built on first use (and by ``make install``:
 ``python -m supernet.native --build``) into ``$XDG_CACHE_HOME/hwnas/kernels/<hash of source
 and flags>/`` (``~/.cache`` when unset), written to a temporary name and renamed, so processes
-building at once (DDP ranks) never load a half-written file. Without a compiler, after a failed build or with
-``HWNAS_NATIVE_KERNELS=0`` it warns once and the callers keep their torch kernels.
+building at once (DDP ranks) never load a half-written file. Without a compiler, after a
+failed build or with ``HWNAS_NATIVE_KERNELS=0`` it warns once and the callers keep their torch
+kernels.
 """
 
 from __future__ import annotations
