@@ -125,7 +125,8 @@ def non_default_arguments(table: str) -> dict:
         weight_optimizer="adamw", weight_lr=0.01, weight_decay=1e-4, arch_lr=0.02,
         arch_weight_decay=2e-3, arch_entropy=0.05, sandwich_random=1, label_smoothing=0.05,
         grad_clip=3.0, max_bad_steps=7, seed=11, compile=True, channels_last=False,
-        alpha_trains_weights=False, sandwich_start=0.5, sandwich_draws="uniform")
+        alpha_trains_weights=False, sandwich_start=0.5, sandwich_draws="uniform",
+        member_label_weight=0.5)
 
 
 @pytest.mark.slow  # seconds of training; CI runs the slow suite too
