@@ -63,13 +63,12 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
         memory_format=torch.channels_last)
     y = torch.randint(0, space.num_classes, (batch,))
 
-    lib = native.library()
+    lib = native.library()  # built: `run` checks quant_kernels() before any step
 
     def relaxed(kernels: str) -> Callable[[], None]:
         def step() -> None:
             use_native_kernels(kernels != "eager")
-            if lib is not None:
-                lib.hwnas_use_avx2(kernels == "native")
+            lib.hwnas_use_avx2(kernels == "native")
             fwd_bwd(lambda v: net(v, alpha.probs()), x, y)
             net.zero_grad(set_to_none=True)
             alpha.zero_grad(set_to_none=True)
