@@ -121,6 +121,7 @@ class SupernetSearch(L.LightningModule):
         self.add_metrics()
         self.progress = 0.0  # share of the α phase done, set by `anneal`
         self.sandwich = True  # whether this step trains the smallest and random members
+        self.scaled_steps = 0  # optimizer steps since the grad scaler's update (`one_scale_update`)
         # NaN/Inf bookkeeping kept on the device, read by the host every `HOST_CHECK_EVERY`
         # batches: steps skipped in a row, the longest such run since the last read (weights,
         # α) and all skipped steps
@@ -213,10 +214,11 @@ class SupernetSearch(L.LightningModule):
         gen = self.generator(batch_idx)
         joint = self.hparams.alpha_trains_weights and not self.alpha_frozen
         self.sandwich = self.share_done(batch_idx) >= self.hparams.sandwich_start
-        self.weights_step(w_opt, *batch["train"], gen,
-                          alpha=(a_opt, *batch["search"]) if joint else None)
-        if not self.alpha_frozen and not joint:
-            self.alpha_step(a_opt, *batch["search"], gen)
+        with self.one_scale_update():
+            self.weights_step(w_opt, *batch["train"], gen,
+                              alpha=(a_opt, *batch["search"]) if joint else None)
+            if not self.alpha_frozen and not joint:
+                self.alpha_step(a_opt, *batch["search"], gen)
         if (batch_idx + 1) % self.HOST_CHECK_EVERY == 0 or \
                 batch_idx + 1 >= self.trainer.num_training_batches:
             self.check_bad_steps()
@@ -385,6 +387,31 @@ class SupernetSearch(L.LightningModule):
         else:
             self.clip_gradients(inner, self.hparams.grad_clip, "norm")
 
+    @contextlib.contextmanager
+    def one_scale_update(self):
+        """Under a grad scaler (16-mixed), update its scale once, after the step's last
+        optimizer step. Lightning updates it after every ``opt.step()``: in the joint step the
+        weights' update moved the scale before α's gradients, from the same backward, were
+        unscaled (by the new scale: ×2 on a growth step, ×½ after an overflow), and the
+        growth interval counted optimizers, not steps. The update sees every optimizer's
+        overflow check of the step."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None:
+            yield
+            return
+        own = scaler.__dict__.get("update")
+        scaler.update = lambda new_scale=None: None
+        self.scaled_steps = 0
+        try:
+            yield
+        finally:
+            if own is None:
+                del scaler.update
+            else:
+                scaler.update = own
+        if self.scaled_steps:
+            scaler.update()
+
     def step_if(self, opt, finite: torch.Tensor) -> None:
         """``opt.step()`` where ``finite``, else no update at all (momentum and moments too).
         Fused torch optimizers decide on the device from ``found_inf`` (as under AMP's grad
@@ -395,6 +422,7 @@ class SupernetSearch(L.LightningModule):
             opt.step()
         elif bool(finite):
             opt.step()
+            self.scaled_steps += 1
 
     def count_skips(self, finite: torch.Tensor, which: str) -> None:
         """Count skipped steps on the device; a finite weights step ends a run of them."""

@@ -20,19 +20,20 @@ PLUGINS = {
 }
 
 
-def search(table: str, precision: str, tmp_path, accelerator: str = "cpu"
-           ) -> tuple[SupernetSearch, dict]:
+def search(table: str, precision: str, tmp_path, accelerator: str = "cpu", plugin=None,
+           **options) -> tuple[SupernetSearch, dict]:
     """Four steps at ``precision`` (on a GPU Lightning's own plugin: fp16 gets its scaler
-    there): the module and its state before training."""
+    there), or under ``plugin``: the module and its state before training."""
     L.seed_everything(0)
     module = SupernetSearch(space=TINY, cost_table=table, budget=BudgetSpec(fraction=0.5),
-                            warmup_epochs=0, sandwich_random=1, arch_lr=0.05)
+                            warmup_epochs=0, sandwich_random=1, arch_lr=0.05, **options)
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1,
                         accelerator=accelerator, devices=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, default_root_dir=tmp_path,
-                        **(PLUGINS[precision]() if accelerator == "cpu"
+                        **({"plugins": [plugin]} if plugin is not None
+                           else PLUGINS[precision]() if accelerator == "cpu"
                            else {"precision": precision}))
     trainer.fit(module, SyntheticDataModule(num_samples=256, batch_size=32))
     return module, before
@@ -69,3 +70,17 @@ def test_fp16_updates_are_as_large_as_float32_ones(tiny_table, tmp_path):
     full = weight_change(*search(tiny_table, "32-true", tmp_path))
     half = weight_change(*search(tiny_table, "16-mixed", tmp_path))
     assert 0.4 * full < half < 1.6 * full, (half, full)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_grad_scaler_updates_once_per_step(tiny_table, tmp_path, joint):
+    """The scale moves once per training step, after both optimizers stepped: with the
+    weights' update between them, α's gradients (from the same backward, in the joint step)
+    were unscaled by the next scale. Growing at every clean update, four steps double the
+    scale four times (it was eight: one update per optimizer)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=1)
+    module, _ = search(tiny_table, "16-mixed", tmp_path, alpha_trains_weights=joint,
+                       plugin=MixedPrecision("16-mixed", "cpu", scaler))
+    assert module.bad_steps == 0
+    assert scaler.get_scale() == 2.0 ** (8 + 4)
+    assert "update" not in scaler.__dict__  # Lightning's own update is back
