@@ -122,6 +122,7 @@ class SupernetSearch(L.LightningModule):
         self.progress = 0.0  # share of the α phase done, set by `anneal`
         self.sandwich = True  # whether this step trains the smallest and random members
         self.scaled_steps = 0  # optimizer steps since the grad scaler's update (`one_scale_update`)
+        self.compiled_relaxed = None  # the compiled relaxed forward (`compile`), built lazily
         # NaN/Inf bookkeeping kept on the device, read by the host every `HOST_CHECK_EVERY`
         # batches: steps skipped in a row, the longest such run since the last read (weights,
         # α) and all skipped steps
@@ -255,7 +256,7 @@ class SupernetSearch(L.LightningModule):
         if alpha is None:
             relaxed = {k: p.detach() for k, p in
                        self.alpha.distribution(self.hparams.relaxation, self.tau, gen).items()}
-            losses["relaxed"] = self.task_loss(self.net(x, relaxed), y)
+            losses["relaxed"] = self.task_loss(self.relaxed_forward(x, relaxed), y)
         # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
             self.alpha.sample(gen, self.draw_probs()) for _ in range(self.hparams.sandwich_random)
@@ -289,6 +290,21 @@ class SupernetSearch(L.LightningModule):
         if alpha is None:
             self.untoggle_optimizer(opt)
 
+    def relaxed_forward(self, x: torch.Tensor, probs: dict[str, torch.Tensor]
+                        ) -> list[torch.Tensor]:
+        """The relaxed pass. With ``compile`` the supernet's whole forward runs as one
+        `torch.compile`d graph: the probabilities are tensors, so α's moves do not recompile
+        (one build with α's gradients, one without: minutes on a CPU, where it is slower than
+        the eager native kernels, BENCHMARKS.md). Members stay eager: each is its own graph."""
+        if not self.hparams.compile:
+            return self.net(x, probs)
+        if self.compiled_relaxed is None:
+            self.compiled_relaxed = torch.compile(self.net.forward, dynamic=False)
+        with kernels(compiled=True), warnings.catch_warnings():  # traceable quantizers
+            # the constant masks' lru_cache is traced through, which is what they need
+            warnings.filterwarnings("ignore", message=".*lru_cache", category=UserWarning)
+            return self.compiled_relaxed(x, probs)
+
     def alpha_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
         with kernels(compiled=self.hparams.compile):
             self._arch_step(opt, x.contiguous(memory_format=self.memory_format), y, gen)
@@ -317,7 +333,7 @@ class SupernetSearch(L.LightningModule):
         exit's (constant) loss. Weighing the exits by P(exit) instead starves the exits the
         budget moves away from: the smallest member, which ends at the first exit, lost 20 pp."""
         probs = self.alpha.distribution(self.hparams.relaxation, self.tau, gen)
-        logits = self.net(x, probs)
+        logits = self.relaxed_forward(x, probs)
         # E over the exit decision: the deepest exit is the network's answer
         per_exit = torch.stack([F.cross_entropy(z, y) for z in logits])
         task = (probs["exit"] * per_exit).sum()

@@ -483,3 +483,42 @@ def test_member_loss_mixes_labels_into_the_distillation(tiny_table, weight):
                                (1 - weight) * soft + weight * hard)
     with pytest.raises(ValueError, match=r"member_label_weight: a weight in \[0, 1\]"):
         make_search(tiny_table, member_label_weight=1.5)
+
+
+def float_bits(space, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``probs`` with every bit-width decision certain of 32 bits: no rounding left, so two
+    builds that sum in another order agree to float precision (one quantization level moved
+    by an ulp would move a tiny network's logits by a percent)."""
+    out = dict(probs)
+    for d in space.decisions:
+        if d.kind in ("wbits", "abits"):
+            out[d.key] = F.one_hot(torch.tensor(d.choices.index(32)), len(d.choices)).float().requires_grad_()
+    return out
+
+
+@pytest.mark.slow  # builds the compiled graph: about a minute on a small CPU
+def test_compiled_relaxed_forward_equals_eager_and_alpha_does_not_recompile(tiny_table):
+    """``compile=True`` runs the relaxed pass as one compiled graph: the logits and gradients
+    of the eager network, and new probabilities (α moved) reuse the graph. The compiled
+    quantizers are checked against the eager ones in ``tests/supernet/test_fused.py``."""
+    module = make_search(tiny_table, compile=True).train()
+    space = module.search_space
+    torch.manual_seed(0)
+    x = torch.randn(8, space.input_channels, space.input_size, space.input_size)
+    weights = list(module.net.parameters())
+    gen = torch.Generator().manual_seed(0)
+    for draw in range(3):
+        probs = float_bits(space, module.alpha.distribution("gumbel", 1.0, gen))
+        got = []
+        for forward in (module.net, module.relaxed_forward):
+            with torch._dynamo.config.patch(error_on_recompile=draw > 0):
+                logits = forward(x, probs)
+            loss = sum(z.square().sum() for z in logits)
+            got.append((logits, torch.autograd.grad(loss, weights + list(probs.values()),
+                                                    allow_unused=True)))
+        for a, b in zip(got[0][0], got[1][0], strict=True):
+            assert (b - a).norm() <= 1e-5 * a.norm()
+        for a, b in zip(got[0][1], got[1][1], strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert (b - a).norm() <= 1e-3 * a.norm() + 1e-6  # float32 sums, other order
