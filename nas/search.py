@@ -252,11 +252,16 @@ class SupernetSearch(L.LightningModule):
         if alpha is None:
             self.toggle_optimizer(opt)
         opt.zero_grad()
-        losses = {}
+        # the relaxed pass first: a compiled one (`compile`) updates BN's running statistics
+        # in place, which would void what the eager passes before it saved for the backward
         if alpha is None:
             relaxed = {k: p.detach() for k, p in
                        self.alpha.distribution(self.hparams.relaxation, self.tau, gen).items()}
-            losses["relaxed"] = self.task_loss(self.relaxed_forward(x, relaxed), y)
+            total = task = self.task_loss(self.relaxed_forward(x, relaxed), y)
+        else:
+            alpha[0].zero_grad()
+            total, task, costs = self.arch_loss(*alpha[1:], gen, trains_weights=True)
+        losses = {"relaxed": task}
         # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
             self.alpha.sample(gen, self.draw_probs()) for _ in range(self.hparams.sandwich_random)
@@ -268,12 +273,7 @@ class SupernetSearch(L.LightningModule):
         losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
             losses[f"member{i}"] = self.member_loss(self.net(x, member), teacher, y)
-        total = sum(losses.values())
-        if alpha is not None:
-            alpha[0].zero_grad()
-            arch_loss, task, costs = self.arch_loss(*alpha[1:], gen, trains_weights=True)
-            total = total + arch_loss
-            losses["relaxed"] = task
+        total = total + sum(v for k, v in losses.items() if k != "relaxed")
         finite = self.finite(total)
         self.manual_backward(total)
         self.step_if(opt, finite)  # clips its gradients first (`on_before_optimizer_step`)

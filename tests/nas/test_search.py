@@ -522,3 +522,18 @@ def test_compiled_relaxed_forward_equals_eager_and_alpha_does_not_recompile(tiny
             assert (a is None) == (b is None)
             if a is not None:
                 assert (b - a).norm() <= 1e-3 * a.norm() + 1e-6  # float32 sums, other order
+
+
+@pytest.mark.slow  # builds the compiled graph: about a minute on a small CPU
+def test_compiled_search_steps_train_weights_and_alpha(tiny_table, tmp_path):
+    """The default step with ``compile=True``: the compiled relaxed pass and the eager
+    members share one backward (a compiled pass after the members voided their saved BN
+    statistics: the backward raised)."""
+    module = make_search(tiny_table, compile=True)
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    fit(module, tmp_path, epochs=1, limit_train_batches=2, limit_val_batches=1)
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("alpha.") for k in changed)
+    assert any(k.startswith("net.stages") and k.endswith("weight") for k in changed)
+    assert module.compiled_relaxed is not None and module.bad_steps == 0
