@@ -14,5 +14,6 @@ class SaveRankState(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        torch.save({"state": state, "steps": trainer.global_step},
+        torch.save({"state": state, "steps": trainer.global_step,
+                    "compiled": module.compiled_relaxed is not None},
                    Path(self.out_dir) / f"rank{trainer.global_rank}.pt")

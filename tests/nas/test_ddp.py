@@ -11,7 +11,7 @@ import torch
 from tests.conftest import ROOT
 
 
-def run_ddp(strategy: str, table: str, out) -> subprocess.CompletedProcess:
+def run_ddp(strategy: str, table: str, out, *extra: str) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "nas", "search", "fit",
             "--config", str(ROOT / "configs/search/tiny.yaml"), f"--model.cost_table={table}",
             "--model.sandwich_random=1", "--model.budget.fraction=0.3",
@@ -21,7 +21,7 @@ def run_ddp(strategy: str, table: str, out) -> subprocess.CompletedProcess:
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
             f"--checkpoint.dirpath={out}/ckpt",
             "--trainer.callbacks+=tests.nas.ddp_run.SaveRankState",
-            f"--trainer.callbacks.out_dir={out}"]
+            f"--trainer.callbacks.out_dir={out}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "MASTER_PORT": str(29500 + (os.getpid() + len(strategy)) % 1000)}
     return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -56,3 +56,14 @@ def test_every_ddp_spelling_works(strategy, tiny_table, tmp_path):
     run = run_ddp(strategy, tiny_table, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert_ranks_agree(tmp_path)
+
+
+@pytest.mark.slow  # each rank builds the compiled graph: minutes on a small CPU
+def test_compiled_ddp_ranks_end_bit_identical(tiny_table, tmp_path):
+    """`--model.compile=true` under DDP: the compiled relaxed pass's gradients reach DDP's
+    buckets like the eager ones, and both ranks end alike."""
+    run = run_ddp("ddp", tiny_table, tmp_path, "--model.compile=true")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_ranks_agree(tmp_path)
+    assert all(torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["compiled"]
+               for r in (0, 1))
