@@ -238,7 +238,8 @@ class SupernetSearch(L.LightningModule):
 
     def weights_step(self, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
                      alpha: tuple | None = None) -> None:
-        # the fused quantizers as compiled kernels: a minute to build once, then faster
+        # `compile`: the members' quantizers as compiled kernels (`relaxed_forward`: the whole
+        # relaxed pass as one graph)
         if alpha is not None:  # α's search batch, in the network's layout too
             alpha = (alpha[0], alpha[1].contiguous(memory_format=self.memory_format), alpha[2])
         with kernels(compiled=self.hparams.compile):
@@ -408,8 +409,8 @@ class SupernetSearch(L.LightningModule):
         """Under a grad scaler (16-mixed), update its scale once, after the step's last
         optimizer step. Lightning updates it after every ``opt.step()``: in the joint step the
         weights' update moved the scale before α's gradients, from the same backward, were
-        unscaled (by the new scale: ×2 on a growth step, ×½ after an overflow), and the
-        growth interval counted optimizers, not steps. The update sees every optimizer's
+        unscaled by the new one (so ½ their size after a growth step, twice it after an
+        overflow), and the growth interval counted optimizers, not steps. The update sees every optimizer's
         overflow check of the step."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is None:
