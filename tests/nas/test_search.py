@@ -492,7 +492,8 @@ def float_bits(space, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     out = dict(probs)
     for d in space.decisions:
         if d.kind in ("wbits", "abits"):
-            out[d.key] = F.one_hot(torch.tensor(d.choices.index(32)), len(d.choices)).float().requires_grad_()
+            certain = F.one_hot(torch.tensor(d.choices.index(32)), len(d.choices))
+            out[d.key] = certain.float().requires_grad_()
     return out
 
 
