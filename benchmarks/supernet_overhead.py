@@ -237,10 +237,10 @@ class InterleavedSteps(L.Callback):
         for model, side in ((self.relaxed, "relaxed"), (self.plain, "plain")):
             model.to(memory_format=FORMATS[fmt[side]])
         xs = {side: x.contiguous(memory_format=FORMATS[f]) for side, f in fmt.items()}
+        relaxed = self.relaxed_compiled if self.kind(batch_idx) == "compiled" else self.relaxed
         steps = {
-            "relaxed": lambda: weight_step(
-                self.relaxed, lambda v: (self.relaxed_compiled if suffix else self.relaxed)(
-                    v, probs), self.relaxed_opt, xs["relaxed"], y, self.recipe),
+            "relaxed": lambda: weight_step(self.relaxed, lambda v: relaxed(v, probs),
+                                           self.relaxed_opt, xs["relaxed"], y, self.recipe),
             "plain": lambda: weight_step(self.plain, self.plain, self.plain_opt, xs["plain"], y,
                                          self.recipe),
         }

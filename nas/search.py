@@ -258,11 +258,11 @@ class SupernetSearch(L.LightningModule):
         if alpha is None:
             relaxed = {k: p.detach() for k, p in
                        self.alpha.distribution(self.hparams.relaxation, self.tau, gen).items()}
-            total = task = self.task_loss(self.relaxed_forward(x, relaxed), y)
+            relaxed_loss = task = self.task_loss(self.relaxed_forward(x, relaxed), y)
         else:
             alpha[0].zero_grad()
-            total, task, costs = self.arch_loss(*alpha[1:], gen, trains_weights=True)
-        losses = {"relaxed": task}
+            relaxed_loss, task, costs = self.arch_loss(*alpha[1:], gen, trains_weights=True)
+        losses = {}
         # the sandwich: before `sandwich_start` the largest trains alone (DεpS)
         members = [self.search_space.smallest()] + [
             self.alpha.sample(gen, self.draw_probs()) for _ in range(self.hparams.sandwich_random)
@@ -274,7 +274,8 @@ class SupernetSearch(L.LightningModule):
         losses["largest"] = self.task_loss(largest, y)
         for i, member in enumerate(members):
             losses[f"member{i}"] = self.member_loss(self.net(x, member), teacher, y)
-        total = total + sum(v for k, v in losses.items() if k != "relaxed")
+        total = relaxed_loss + sum(losses.values())
+        losses["relaxed"] = task
         finite = self.finite(total)
         self.manual_backward(total)
         self.step_if(opt, finite)  # clips its gradients first (`on_before_optimizer_step`)
