@@ -1,7 +1,8 @@
 """The family file (``family.pt``): one writer, one reader, one member record, a format version.
 
 It holds the shared supernet weights, the space spec and every member's config, costs and own
-state (batch-norm statistics and exit classifiers), as plain tensors, dicts and numbers, so
+state (batch-norm statistics and exit classifiers; every weight of a member fine-tuned on its
+own copy), as plain tensors, dicts and numbers, so
 ``torch.load(weights_only=True)`` reads it and no code from the file ever runs.
 """
 
@@ -21,8 +22,9 @@ from supernet.arch import ArchConfig
 from supernet.io import CorruptFileError
 
 FAMILY_FORMAT = "hwnas-family"
-FAMILY_VERSION = 3  # 3: each member's own exit classifiers beside its batch-norm statistics
-READABLE_VERSIONS = (2, 3)  # 2: batch-norm statistics alone (the members use the shared heads)
+FAMILY_VERSION = 4  # 4: a member may hold all its weights (fine-tuned on its own copy)
+# 3: each member's exit classifiers beside its batch-norm statistics; 2: the statistics alone
+READABLE_VERSIONS = (2, 3, 4)
 EXPORT_FIX = "export it again with `hwnas export --ckpt <search.ckpt> --out <dir>`"
 
 
@@ -48,14 +50,15 @@ def load_tensors(path: str | Path, what: str, fix: str = EXPORT_FIX,
                       f"with or another kind of file; {fix}") from None
 
 
-def member_state(member: nn.Module) -> dict[str, torch.Tensor]:
+def member_state(member: nn.Module, own_weights: bool = False) -> dict[str, torch.Tensor]:
     """What a member holds of its own, keyed by its own names, as ``load_state_dict`` expects
     them: the running statistics of every batch norm (``stages.1.0.bn2.running_mean``) and
     the weights of every exit's classifier (``heads.2.fc.weight``), both fitted to it alone at
-    export; everything else is the shared supernet's."""
+    export; everything else is the shared supernet's. With ``own_weights`` (a member
+    fine-tuned on its own copy) every tensor of the member is its own."""
     classifiers = classifier_keys(member)
     return {k: v.detach().cpu().clone() for k, v in member.state_dict().items()
-            if k.endswith((".running_mean", ".running_var")) or k in classifiers}
+            if own_weights or k.endswith((".running_mean", ".running_var")) or k in classifiers}
 
 
 def exit_classifiers(member: nn.Module) -> list[nn.Linear]:
@@ -142,7 +145,7 @@ def read_family(path: str | Path, map_location: str | torch.device = "cpu") -> F
         raise FamilyError(f"{path}: not an hwnas family checkpoint (no format "
                           f"{FAMILY_FORMAT!r}); pass the family.pt written by `hwnas export`")
     if data.get("version") not in READABLE_VERSIONS:
-        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise FamilyError(f"{path}: family format version {data.get('version')!r}, this hwnas "
                           f"reads versions {readable}; {EXPORT_FIX} using this hwnas")
     try:

@@ -86,8 +86,9 @@ class FamilyRuntime(nn.Module):
                 raise FamilyError(f"member {rec.name!r}: {e}") from None
             static = extract(net, rec.config).eval()
             own = set(member_state(static))
-            # a version-2 family holds no classifiers: its members keep the shared heads
-            odd = sorted((set(rec.state) - own)
+            # a version-2 family holds no classifiers: its members keep the shared heads; a
+            # fine-tuned member holds every tensor of its network
+            odd = sorted((set(rec.state) - set(static.state_dict()))
                          | (own - set(rec.state) - classifier_keys(static)))
             if odd:
                 what = "names no tensor of" if odd[0] in rec.state else "is missing for"

@@ -157,7 +157,8 @@ def quickstart_command(argv: list[str]) -> int:
         classifier_batches=args.classifier_batches, test_batches=test_batches,
         samples=args.samples,
         latency_repeats=args.latency_repeats, onnx=not args.no_onnx, progress=progress,
-        seed=args.seed)
+        seed=args.seed, finetune=args.finetune, finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr)
     print(format_table(result.records, result.family.metric))
     print(f"family: {result.out}/family.pt  plot: {result.out}/pareto.png")
     # the line a person reads first: what ships against what was asked

@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,16 @@ from typing import Any
 from tqdm import tqdm
 
 from costmodels import CostTable
-from deploy import FamilyFile, MemberRecord, trained_weight_quant, write_family, write_member
+from deploy import (
+    FamilyFile,
+    MemberRecord,
+    member_state,
+    trained_weight_quant,
+    write_family,
+    write_member,
+)
 from nas.family.chain import Family, family_from_search, parse_budgets
+from nas.family.finetune import finetune_member
 from nas.family.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
 from nas.family.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
@@ -69,11 +78,25 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   samples: int = 0,
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
                   onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
-                  seed: int = 0) -> ExportResult:
-    """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``."""
+                  seed: int = 0, finetune: Sequence[str] = (), finetune_steps: int = 500,
+                  finetune_lr: float = 0.02) -> ExportResult:
+    """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``.
+    The members named in ``finetune`` ship their own weights instead of the shared ones:
+    ``finetune_steps`` batches distilled from the dearest member (`finetune_member`)."""
     table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
                                 start=start, configs=configs)
+    top = max(family.members, key=lambda m: m.costs[family.metric])
+    names = [m.name for m in family.members]
+    unknown = [n for n in finetune if n not in names]
+    if unknown:
+        raise ValueError(f"--finetune: {', '.join(unknown)} not in the family; its members are "
+                         f"{', '.join(names)}")
+    if top.name in finetune:
+        raise ValueError(f"--finetune: {top.name} is the dearest member, the teacher of the "
+                         f"others; name only cheaper members")
+    if finetune and finetune_steps < 1:
+        raise ValueError(f"--finetune-steps: must be at least 1, got {finetune_steps}")
     space, net = search.search_space, search.net.cpu().eval()
     datamodule.setup("fit")
     train, test = datamodule.weights_dataloader(), datamodule.test_dataloader()
@@ -86,19 +109,34 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
     bar = tqdm(total=len(family.members) + len(extra), desc="exporting family",
                disable=not progress)
     records, entries = [], []
+    evaluated = {}
+    if finetune:  # the teacher first: the dearest member, recalibrated and refit
+        evaluated[top.name] = evaluate_member(net, top.config, train, test, **kw)
     with atomic_dir(Path(out)) as tmp:
         for m in family.members:
             bar.set_postfix_str(m.name)
-            ev = evaluate_member(net, m.config, train, test, **kw)
-            rec = _record(m.name, "member", ev, m.costs)
-            rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets)
+            weights, tuned = net, {}
+            if m.name in finetune:
+                start_s = time.process_time()
+                weights = finetune_member(net, m.config, evaluated[top.name].module, train,
+                                          steps=finetune_steps, lr=finetune_lr,
+                                          weight_decay=search.hparams.weight_decay,
+                                          progress=progress)
+                tuned = {"finetune_steps": finetune_steps,
+                         "finetune_cpu_s": time.process_time() - start_s}
+            ev = evaluated.get(m.name) or evaluate_member(weights, m.config, train, test, **kw)
+            if tuned:
+                ev.state = member_state(ev.module, own_weights=True)
+            rec = _record(m.name, "tuned" if tuned else "member", ev, m.costs)
+            rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets, **tuned)
             costs = dict(m.costs)
             if ev.measured_latency_ms is not None:
                 costs[MEASURED] = ev.measured_latency_ms
             meta = {**rec, "space": space.spec, "table_id": table.id,
                     "recal_batches": recal_batches, "classifier_batches": classifier_batches}
             doc = write_member(tmp / "members" / m.name, ev.module,
-                               trained_weight_quant(net, ev.module, m.config), meta, input_shape,
+                               trained_weight_quant(weights, ev.module, m.config), meta,
+                               input_shape,
                                onnx=onnx, seed=seed, fallback=onnx_fallback)
             if onnx:
                 rec["onnx"] = doc["onnx"]
@@ -168,6 +206,15 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
                         help="top of the chain: the largest config, or pass through α's argmax")
     parser.add_argument("--latency-repeats", type=int, default=30,
                         help="timing repeats per member (batch 1, 1 thread)")
+    parser.add_argument("--finetune", type=lambda s: [n for n in s.split(",") if n], default=[],
+                        metavar="M0,M1",
+                        help="members that ship their own weights, fine-tuned from the shared "
+                             "ones on the dearest member's soft labels (e.g. the shallow ones "
+                             "that trail; default: none, every member shares)")
+    parser.add_argument("--finetune-steps", type=int, default=500,
+                        help="batches of fine-tuning per --finetune member (500)")
+    parser.add_argument("--finetune-lr", type=float, default=0.02,
+                        help="its SGD learning rate, cosine-annealed to 0 (0.02)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -207,7 +254,9 @@ def export_command(argv: list[str]) -> int:
         classifier_batches=args.classifier_batches, test_batches=args.test_batches,
         samples=args.samples,
         latency_repeats=args.latency_repeats, onnx=not args.no_onnx,
-        onnx_fallback=args.onnx_fallback, progress=not args.no_progress)
+        onnx_fallback=args.onnx_fallback, progress=not args.no_progress,
+        finetune=args.finetune, finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr)
     print(format_table(result.records, result.family.metric))
     picks = budget_summary(result.records)
     members = sum(r.get("kind") != "sample" for r in result.records)

@@ -82,7 +82,7 @@ def test_other_versions_and_foreign_statistics_say_how_to_fix(family, tmp_path):
     raw["version"] = FAMILY_VERSION + 1
     torch.save(raw, tmp_path / "new.pt")
     with pytest.raises(FamilyError, match=rf"version {FAMILY_VERSION + 1}, this hwnas reads "
-                                          rf"versions 2 and {FAMILY_VERSION}; export it again"):
+                                          rf"versions 2, 3, {FAMILY_VERSION}; export it again"):
         read_family(tmp_path / "new.pt")
     raw["version"] = FAMILY_VERSION
     raw["members"][0]["state"]["stages.0.blocks.0.bn1.running_mean"] = torch.zeros(4)

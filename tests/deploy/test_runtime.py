@@ -166,7 +166,7 @@ def test_truncated_or_foreign_files_are_clear_errors(exported, tmp_path):
         FamilyRuntime.load(tmp_path / "tampered.pt")
     family["version"] = 1
     torch.save(family, tmp_path / "old.pt")
-    with pytest.raises(FamilyError, match=r"version 1, this hwnas reads versions 2 and 3; "
+    with pytest.raises(FamilyError, match=r"version 1, this hwnas reads versions 2, 3, 4; "
                                           r"export it again with `hwnas export"):
         FamilyRuntime.load(tmp_path / "old.pt")
 

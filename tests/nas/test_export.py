@@ -1,5 +1,7 @@
 """Export of a trained search: files, weights-only loading, ONNX, Pareto front, atomicity."""
 
+import copy
+import itertools
 import json
 import sys
 from types import SimpleNamespace
@@ -271,3 +273,110 @@ def test_quickstart_fast_smoke_run(tmp_path, capsys):
     assert last.startswith("quickstart: shipped member meets its budget: latency_ms "), last
     ratio = float(last.split("(")[1].split("x")[0])
     assert ratio <= 1.0, last  # a ceiling is never exceeded by what ships
+
+
+# -- members fine-tuned on their own copy ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tuned(trained, tmp_path_factory):
+    search = trained[0]
+    probe = export_family(search, tmp_path_factory.mktemp("names") / "f", data(), members=3,
+                          onnx=False, latency_device=None, **{**FAST, "latency_repeats": 1})
+    cheapest = probe.family.members[0].name
+    out = tmp_path_factory.mktemp("tuned") / "family"
+    result = export_family(search, out, data(), members=3, finetune=[cheapest],
+                           finetune_steps=8, finetune_lr=0.2, **FAST)
+    return result, cheapest
+
+
+def kl(logits, teacher_logits):
+    """KL(teacher ‖ student) per sample, averaged: 0 when the student matches its teacher."""
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1),
+                    log_target=True, reduction="batchmean")
+
+
+def test_finetune_trains_a_copy_toward_the_teacher_and_leaves_the_shared_net(trained):
+    from nas.family.finetune import finetune_member
+
+    net, space = trained[0].net, trained[0].search_space
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    dm = data()
+    teacher = evaluate_member(net, space.largest(), dm.weights_dataloader(),
+                              dm.test_dataloader(), recal_batches=2, test_limit=1,
+                              latency_device=None).module.eval()
+    small = space.smallest()
+    own = finetune_member(net, small, teacher, dm.weights_dataloader(), steps=30, lr=0.2)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+    assert own is not net and not teacher.training
+
+    def loss(weights):  # train-mode BN (batch statistics), on copies: nothing is updated
+        probe = copy.deepcopy(weights).train()
+        with torch.no_grad():
+            return sum(kl(probe(x, small)[-1], teacher(x)[-1])
+                       for x, _ in itertools.islice(dm.weights_dataloader(), 4))
+
+    assert loss(own) < 0.6 * loss(net)
+
+
+def test_a_finetuned_member_ships_all_its_weights_and_runs_as_it_was_scored(tuned, trained):
+    from deploy import FamilyRuntime, member_state
+
+    result, name = tuned
+    family = torch.load(result.out / "family.pt", weights_only=True)
+    runtime = FamilyRuntime.load(result.out / "family.pt")
+    x = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    for m in family["members"]:
+        runtime.set_member(m["name"])
+        static = load_member(result.out / "members" / m["name"])
+        with torch.no_grad():  # the family file and the standalone member file agree
+            assert all(torch.equal(a, b) for a, b in zip(runtime(x), static(x), strict=True))
+        if m["name"] == name:
+            assert set(m["state"]) == set(static.state_dict())  # every tensor its own
+        else:
+            assert set(m["state"]) == set(member_state(static))  # statistics and classifiers
+    record = next(r for r in result.records if r["name"] == name)
+    assert record["kind"] == "tuned" and record["finetune_steps"] == 8
+    assert record["finetune_cpu_s"] > 0
+    assert sum(r["kind"] == "tuned" for r in result.records) == 1
+    # its weights are not the shared ones: the same config from the shared net differs
+    dm = data()
+    shared = evaluate_member(trained[0].net, runtime.infos[name].config, dm.weights_dataloader(),
+                             dm.test_dataloader(), recal_batches=2, test_limit=1,
+                             latency_device=None).module
+    runtime.set_member(name)
+    with torch.no_grad():
+        assert not torch.allclose(runtime(x)[-1], shared(x)[-1], atol=1e-3)
+
+
+def test_a_finetuned_member_lowers_to_an_integer_model_that_agrees(tuned):
+    result, name = tuned
+    mdir = result.out / "members" / name
+    meta = json.loads((mdir / "config.json").read_text())
+    assert meta["kind"] == "tuned" and meta["onnx"]["integer"]
+    assert meta["onnx"]["argmax_agreement"] >= 0.9
+    static = load_member(mdir)
+    x = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    got = ort.InferenceSession(str(mdir / "model.onnx")).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = static(x)[-1].numpy()
+    assert (got[-1].argmax(-1) == want.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"finetune": ["nope"]}, r"--finetune: nope not in the family; its members are m0"),
+    ({"finetune": ["TOP"]}, r"--finetune: m\d is the dearest member, the teacher"),
+    ({"finetune": ["m0"], "finetune_steps": 0}, r"--finetune-steps: must be at least 1, got 0"),
+])
+def test_bad_finetune_options_are_refused_before_any_work(trained, tmp_path, monkeypatch, kw,
+                                                         message):
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated a member before checking the options")
+
+    monkeypatch.setattr(nas.family.export, "evaluate_member", never)
+    if kw["finetune"] == ["TOP"]:
+        from nas.family.chain import family_from_search
+
+        family = family_from_search(trained[0], trained[0].table, members=2)
+        kw = {"finetune": [max(family.members, key=lambda m: m.costs["latency_ms"]).name]}
+    with pytest.raises(ValueError, match=message):
+        export_family(trained[0], tmp_path / "out", data(), members=2, **FAST, **kw)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,71 @@
+"""Fine-tune a member's own copy of the weights, distilled from the family's top member.
+
+Why: a member that shares every weight with deeper members can trail the same network trained
+alone. On Fashion-MNIST the two shallowest members of the 10-epoch family, 5 and 16 thousand
+parameters, trail their twins by 2.9 and 2.4 pp; their own BN affine parameters get back 0.4 pp,
+their whole weights trained 500 steps from the shared ones with the top member as teacher get
+back most of the rest (BENCHMARKS.md, "Member fine-tune"). The member then ships those weights
+instead of the shared ones, as Once-for-All optionally fine-tunes its specialised networks; its
+config, costs and run-time switch stay as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from tqdm import tqdm
+
+from supernet import ArchConfig, SuperNet
+
+
+def endless(loader: Iterable) -> Iterator:
+    """The loader's batches, epoch after epoch (a fresh pass each time: no batch is cached)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("fine-tune: the training loader is empty")
+
+
+def finetune_member(net: SuperNet, config: ArchConfig, teacher: nn.Module, batches: Iterable,
+                    *, steps: int, lr: float = 0.02, weight_decay: float = 4e-5,
+                    progress: bool = False) -> SuperNet:
+    """A copy of ``net`` trained ``steps`` batches at ``config`` on ``teacher``'s soft labels
+    (its last exit's softmax, eval mode) for every exit of the member: SGD with Nesterov
+    momentum 0.9, ``lr`` annealed to 0 by a cosine. ``net`` itself is left as it was."""
+    if steps < 1:
+        raise ValueError(f"fine-tune steps: must be at least 1, got {steps}")
+    own = copy.deepcopy(net).train()
+    config = own.space.validate(config)
+    device = next(own.parameters()).device
+    opt = create_optimizer_v2(own, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
+    schedule = CosineLRScheduler(opt, t_initial=steps, lr_min=0.0, t_in_epochs=False)
+    soft_ce = SoftTargetCrossEntropy()
+    teacher_was_training = teacher.training
+    teacher.eval()
+    bar = tqdm(total=steps, desc="fine-tuning", leave=False, disable=not progress)
+    try:
+        for step, (x, _) in zip(range(steps), endless(batches), strict=False):
+            x = x.to(device)
+            with torch.no_grad():
+                target = F.softmax(teacher(x)[-1].float(), -1)
+            logits = own(x, config)
+            loss = sum(soft_ce(z, target) for z in logits) / len(logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step_update(step + 1)
+            bar.update()
+    finally:
+        bar.close()
+        teacher.train(teacher_was_training)
+    return own.eval()
