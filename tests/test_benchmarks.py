@@ -90,6 +90,19 @@ def test_quick_run_all_writes_every_figure(tmp_path):
         assert r["refit_gap_pp"] == pytest.approx(
             100 * (r["refit_accuracy"] - r["scratch_accuracy"]))
         assert 0 <= r["shared_accuracy"] <= 1 and 0 <= r["refit_accuracy"] <= 1
+    # the fine-tune comparison reads that family and twins, and tunes only what it is told
+    from benchmarks import member_finetune
+
+    assert member_finetune.cli(["--quick", "--out", str(tmp_path), "--finetune", "m0",
+                                "--steps", "5"]) == 0
+    tuned = json.loads((tmp_path / "member_finetune.json").read_text())
+    (row,) = tuned["results"]["members"]
+    assert row["name"] == "m0" and row["scratch_accuracy"] == twins[0]["scratch_accuracy"]
+    assert row["shared_accuracy"] == pytest.approx(refit[0]["refit_accuracy"])
+    assert row["tuned_gap_pp"] == pytest.approx(
+        100 * (row["tuned_accuracy"] - row["scratch_accuracy"]))
+    assert tuned["headline"]["search_plus_finetune_cpu_s"] == pytest.approx(
+        tuned["headline"]["search_cpu_s"] + row["finetune_cpu_s"])
     # an A/B search scores the same member configs of that family
     from benchmarks import search_variant
 
@@ -150,3 +163,13 @@ def test_a_search_variant_refuses_unknown_settings_and_a_missing_family(tmp_path
     with pytest.raises(SystemExit, match="--family: .*does not exist"):
         search_variant.run(True, tmp_path, family=str(tmp_path / "none.pt"), members="m0",
                            overrides={})
+
+
+def test_a_member_finetune_refuses_a_missing_family_and_no_steps(tmp_path, capsys):
+    from benchmarks import member_finetune
+
+    with pytest.raises(SystemExit, match="no exported family"):
+        member_finetune.run(True, tmp_path, members="m0", steps=1, lr=0.1)
+    with pytest.raises(SystemExit):
+        member_finetune.cli(["--quick", "--out", str(tmp_path), "--steps", "0"])
+    assert "--steps: must be at least 1, got 0" in capsys.readouterr().err

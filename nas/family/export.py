@@ -78,7 +78,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   samples: int = 0,
                   latency_device: str | None = "cpu", latency_repeats: int = 30,
                   onnx: bool = True, onnx_fallback: str | None = None, progress: bool = True,
-                  seed: int = 0, finetune: Sequence[str] = (), finetune_steps: int = 500,
+                  seed: int = 0, finetune: Sequence[str] = (), finetune_steps: int = 1000,
                   finetune_lr: float = 0.02) -> ExportResult:
     """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``.
     The members named in ``finetune`` ship their own weights instead of the shared ones:
@@ -211,8 +211,8 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
                         help="members that ship their own weights, fine-tuned from the shared "
                              "ones on the dearest member's soft labels (e.g. the shallow ones "
                              "that trail; default: none, every member shares)")
-    parser.add_argument("--finetune-steps", type=int, default=500,
-                        help="batches of fine-tuning per --finetune member (500)")
+    parser.add_argument("--finetune-steps", type=int, default=1000,
+                        help="batches of fine-tuning per --finetune member (1000)")
     parser.add_argument("--finetune-lr", type=float, default=0.02,
                         help="its SGD learning rate, cosine-annealed to 0 (0.02)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")

@@ -2,11 +2,11 @@
 
 Why: a member that shares every weight with deeper members can trail the same network trained
 alone. On Fashion-MNIST the two shallowest members of the 10-epoch family, 5 and 16 thousand
-parameters, trail their twins by 2.9 and 2.4 pp; their own BN affine parameters get back 0.4 pp,
-their whole weights trained 500 steps from the shared ones with the top member as teacher get
-back most of the rest (BENCHMARKS.md, "Member fine-tune"). The member then ships those weights
-instead of the shared ones, as Once-for-All optionally fine-tunes its specialised networks; its
-config, costs and run-time switch stay as they were.
+parameters, trail their twins by 2.9 and 2.4 pp although their classifiers are refit; their
+whole weights, trained from the shared ones on the dearest member's soft labels for a fraction
+of a from-scratch run, get most of it back (BENCHMARKS.md, "Member fine-tune"). The member then
+ships those weights instead of the shared ones, as Once-for-All optionally fine-tunes its
+specialised networks; its config, costs and run-time switch stay as they were.
 """
 
 from __future__ import annotations
