@@ -260,6 +260,9 @@ def export_command(argv: list[str]) -> int:
     print(format_table(result.records, result.family.metric))
     picks = budget_summary(result.records)
     members = sum(r.get("kind") != "sample" for r in result.records)
+    tuned = [r for r in result.records if r.get("kind") == "tuned"]
+    own = (f"; own weights: {', '.join(r['name'] for r in tuned)} "
+           f"({sum(r['finetune_cpu_s'] for r in tuned):.0f} s CPU of fine-tuning)")
     print(f"export: {members} members in {result.out}/ (family.pt, members/, pareto.json, "
-          f"pareto.png)" + (f"; picked {picks}" if picks else ""))
+          f"pareto.png)" + (own if tuned else "") + (f"; picked {picks}" if picks else ""))
     return 0

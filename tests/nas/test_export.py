@@ -153,7 +153,8 @@ def test_export_command_end_to_end(trained, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["--ckpt", str(trained[1]), "--out", str(out), "--data", "synthetic", "--members",
             "2", "--budgets", "latency_ms=1000", "--recal-batches", "1", "--test-batches", "1",
-            "--latency-repeats", "3", "--no-onnx", "--no-progress"]
+            "--latency-repeats", "3", "--no-onnx", "--no-progress", "--finetune", "m0",
+            "--finetune-steps", "2"]
     assert export_command(argv) == 0
     text = capsys.readouterr().out
     assert "m0" in text and "acc@1" in text
@@ -167,6 +168,7 @@ def test_export_command_end_to_end(trained, tmp_path, capsys):
     last = text.strip().splitlines()[-1]  # the line read first: each budget's pick
     assert last.startswith(f"export: {n} members in ") and f"latency_ms<=1000 → {top} (" in last
     assert f"shipped {member['name']} (acc " in last
+    assert " s CPU of fine-tuning); picked " in last and "; own weights: m0 (" in last
     configs = tmp_path / "bad.json"
     configs.write_text(json.dumps([{"stage1.width": 10}]))
     from nas.cli import main
