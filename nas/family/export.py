@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from deploy import (
     write_member,
 )
 from nas.family.chain import Family, family_from_search, parse_budgets
-from nas.family.finetune import finetune_member
+from nas.family.finetune import finetune_members
 from nas.family.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
 from nas.family.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
@@ -51,6 +51,8 @@ class ExportResult:
     family: Family
     records: list[dict[str, Any]]
     logged_artifact: bool = False
+    finetuned: list[str] = field(default_factory=list)  # members shipping their own weights
+    finetune_cpu_s: float = 0.0  # the CPU seconds their fine-tune took, all together
 
 
 def log_artifact(out: Path, name: str, metadata: Mapping[str, Any]) -> bool:
@@ -82,7 +84,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                   finetune_lr: float = 0.02) -> ExportResult:
     """Build the family of a trained `SupernetSearch`, evaluate every member and write ``out``.
     The members named in ``finetune`` ship their own weights instead of the shared ones:
-    ``finetune_steps`` batches distilled from the dearest member (`finetune_member`)."""
+    ``finetune_steps`` batches distilled from the dearest member (`finetune_members`)."""
     table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
                                 start=start, configs=configs)
@@ -109,26 +111,27 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
     bar = tqdm(total=len(family.members) + len(extra), desc="exporting family",
                disable=not progress)
     records, entries = [], []
-    evaluated = {}
+    evaluated, own_weights, finetune_s = {}, {}, 0.0
     if finetune:  # the teacher first: the dearest member, recalibrated and refit
         evaluated[top.name] = evaluate_member(net, top.config, train, test, **kw)
+        tuned = [m for m in family.members if m.name in finetune]
+        start_s = time.process_time()
+        copies = finetune_members(net, [m.config for m in tuned], evaluated[top.name].module,
+                                  train, steps=finetune_steps, lr=finetune_lr,
+                                  weight_decay=search.hparams.weight_decay, progress=progress)
+        finetune_s = time.process_time() - start_s
+        own_weights = {m.name: c for m, c in zip(tuned, copies, strict=True)}
     with atomic_dir(Path(out)) as tmp:
         for m in family.members:
             bar.set_postfix_str(m.name)
-            weights, tuned = net, {}
-            if m.name in finetune:
-                start_s = time.process_time()
-                weights = finetune_member(net, m.config, evaluated[top.name].module, train,
-                                          steps=finetune_steps, lr=finetune_lr,
-                                          weight_decay=search.hparams.weight_decay,
-                                          progress=progress)
-                tuned = {"finetune_steps": finetune_steps,
-                         "finetune_cpu_s": time.process_time() - start_s}
+            weights = own_weights.get(m.name, net)
             ev = evaluated.get(m.name) or evaluate_member(weights, m.config, train, test, **kw)
-            if tuned:
+            if m.name in own_weights:
                 ev.state = member_state(ev.module, own_weights=True)
-            rec = _record(m.name, "tuned" if tuned else "member", ev, m.costs)
-            rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets, **tuned)
+            rec = _record(m.name, "tuned" if m.name in own_weights else "member", ev, m.costs)
+            rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets)
+            if m.name in own_weights:
+                rec["finetune_steps"] = finetune_steps
             costs = dict(m.costs)
             if ev.measured_latency_ms is not None:
                 costs[MEASURED] = ev.measured_latency_ms
@@ -161,12 +164,13 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
             budget_picks=family.budget_picks, recal_batches=recal_batches), tmp / "family.pt")
         meta = {"space": space.name, "table_id": table.id, "table_target": table.meta.target,
                 "metric": family.metric, "budget_picks": family.budget_picks,
-                "recal_batches": recal_batches, "classifier_batches": classifier_batches}
+                "recal_batches": recal_batches, "classifier_batches": classifier_batches,
+                "finetuned": sorted(own_weights), "finetune_cpu_s": finetune_s}
         write_pareto_json(records, tmp / "pareto.json", **meta)
         plot_pareto(records, tmp / "pareto.png", family.metric)
     out = Path(out)
     logged = log_artifact(out, f"family-{space.name}", meta)
-    return ExportResult(out, family, records, logged)
+    return ExportResult(out, family, records, logged, sorted(own_weights), finetune_s)
 
 
 def make_datamodule(kind: str, space, batch_size: int = 128, data_dir: str | None = None):
@@ -260,9 +264,9 @@ def export_command(argv: list[str]) -> int:
     print(format_table(result.records, result.family.metric))
     picks = budget_summary(result.records)
     members = sum(r.get("kind") != "sample" for r in result.records)
-    tuned = [r for r in result.records if r.get("kind") == "tuned"]
-    own = (f"; own weights: {', '.join(r['name'] for r in tuned)} "
-           f"({sum(r['finetune_cpu_s'] for r in tuned):.0f} s CPU of fine-tuning)")
+    own = (f"; own weights: {', '.join(result.finetuned)} "
+           f"({result.finetune_cpu_s:.0f} s CPU of fine-tuning)")
     print(f"export: {members} members in {result.out}/ (family.pt, members/, pareto.json, "
-          f"pareto.png)" + (own if tuned else "") + (f"; picked {picks}" if picks else ""))
+          f"pareto.png)" + (own if result.finetuned else "")
+          + (f"; picked {picks}" if picks else ""))
     return 0

@@ -12,7 +12,7 @@ specialised networks; its config, costs and run-time switch stay as they were.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +36,23 @@ def endless(loader: Iterable) -> Iterator:
             raise ValueError("fine-tune: the training loader is empty")
 
 
-def finetune_member(net: SuperNet, config: ArchConfig, teacher: nn.Module, batches: Iterable,
-                    *, steps: int, lr: float = 0.02, weight_decay: float = 4e-5,
-                    progress: bool = False) -> SuperNet:
-    """A copy of ``net`` trained ``steps`` batches at ``config`` on ``teacher``'s soft labels
-    (its last exit's softmax, eval mode) for every exit of the member: SGD with Nesterov
-    momentum 0.9, ``lr`` annealed to 0 by a cosine. ``net`` itself is left as it was."""
+def finetune_members(net: SuperNet, configs: Sequence[ArchConfig], teacher: nn.Module,
+                     batches: Iterable, *, steps: int, lr: float = 0.02,
+                     weight_decay: float = 4e-5, progress: bool = False) -> list[SuperNet]:
+    """One copy of ``net`` per config, each trained ``steps`` batches at its config on
+    ``teacher``'s soft labels (its last exit's softmax, eval mode) for every exit of the
+    member: SGD with Nesterov momentum 0.9, ``lr`` annealed to 0 by a cosine. They train side
+    by side, so the teacher runs once per batch for all of them (it costs more than the small
+    members' own steps). ``net`` itself is left as it was."""
     if steps < 1:
         raise ValueError(f"fine-tune steps: must be at least 1, got {steps}")
-    own = copy.deepcopy(net).train()
-    config = own.space.validate(config)
-    device = next(own.parameters()).device
-    opt = create_optimizer_v2(own, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
-    schedule = CosineLRScheduler(opt, t_initial=steps, lr_min=0.0, t_in_epochs=False)
+    configs = [net.space.validate(c) for c in configs]
+    copies = [copy.deepcopy(net).train() for _ in configs]
+    device = next(net.parameters()).device
+    opts = [create_optimizer_v2(c, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
+            for c in copies]
+    schedules = [CosineLRScheduler(o, t_initial=steps, lr_min=0.0, t_in_epochs=False)
+                 for o in opts]
     soft_ce = SoftTargetCrossEntropy()
     teacher_was_training = teacher.training
     teacher.eval()
@@ -58,14 +62,16 @@ def finetune_member(net: SuperNet, config: ArchConfig, teacher: nn.Module, batch
             x = x.to(device)
             with torch.no_grad():
                 target = F.softmax(teacher(x)[-1].float(), -1)
-            logits = own(x, config)
-            loss = sum(soft_ce(z, target) for z in logits) / len(logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step_update(step + 1)
+            for own, config, opt, schedule in zip(copies, configs, opts, schedules,
+                                                  strict=True):
+                logits = own(x, config)
+                loss = sum(soft_ce(z, target) for z in logits) / len(logits)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                schedule.step_update(step + 1)
             bar.update()
     finally:
         bar.close()
         teacher.train(teacher_was_training)
-    return own.eval()
+    return [c.eval() for c in copies]

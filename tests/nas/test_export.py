@@ -296,8 +296,9 @@ def kl(logits, teacher_logits):
                     log_target=True, reduction="batchmean")
 
 
-def test_finetune_trains_a_copy_toward_the_teacher_and_leaves_the_shared_net(trained):
-    from nas.family.finetune import finetune_member
+def test_finetune_trains_a_copy_per_member_toward_the_teacher_and_leaves_the_shared_net(
+        trained):
+    from nas.family.finetune import finetune_members
 
     net, space = trained[0].net, trained[0].search_space
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -305,18 +306,22 @@ def test_finetune_trains_a_copy_toward_the_teacher_and_leaves_the_shared_net(tra
     teacher = evaluate_member(net, space.largest(), dm.weights_dataloader(),
                               dm.test_dataloader(), recal_batches=2, test_limit=1,
                               latency_device=None).module.eval()
-    small = space.smallest()
-    own = finetune_member(net, small, teacher, dm.weights_dataloader(), steps=30, lr=0.2)
+    small, large = space.smallest(), space.largest()
+    own = finetune_members(net, [small, large], teacher, dm.weights_dataloader(), steps=30,
+                           lr=0.2)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
-    assert own is not net and not teacher.training
+    assert len({id(net), *map(id, own)}) == 3 and not teacher.training
 
-    def loss(weights):  # train-mode BN (batch statistics), on copies: nothing is updated
+    def loss(weights, config):  # train-mode BN (batch statistics), on a copy: nothing moves
         probe = copy.deepcopy(weights).train()
         with torch.no_grad():
-            return sum(kl(probe(x, small)[-1], teacher(x)[-1])
+            return sum(kl(probe(x, config)[-1], teacher(x)[-1])
                        for x, _ in itertools.islice(dm.weights_dataloader(), 4))
 
-    assert loss(own) < 0.6 * loss(net)
+    for tuned, config in zip(own, [small, large], strict=True):
+        assert loss(tuned, config) < 0.6 * loss(net, config)
+    # each copy trained its own member: the small one's copy did not train the large config
+    assert loss(own[0], large) > loss(own[1], large)
 
 
 def test_a_finetuned_member_ships_all_its_weights_and_runs_as_it_was_scored(tuned, trained):
@@ -337,8 +342,10 @@ def test_a_finetuned_member_ships_all_its_weights_and_runs_as_it_was_scored(tune
             assert set(m["state"]) == set(member_state(static))  # statistics and classifiers
     record = next(r for r in result.records if r["name"] == name)
     assert record["kind"] == "tuned" and record["finetune_steps"] == 8
-    assert record["finetune_cpu_s"] > 0
+    assert result.finetuned == [name] and result.finetune_cpu_s > 0
     assert sum(r["kind"] == "tuned" for r in result.records) == 1
+    meta = json.loads((result.out / "pareto.json").read_text())["meta"]
+    assert meta["finetuned"] == [name] and meta["finetune_cpu_s"] == result.finetune_cpu_s
     # its weights are not the shared ones: the same config from the shared net differs
     dm = data()
     shared = evaluate_member(trained[0].net, runtime.infos[name].config, dm.weights_dataloader(),
