@@ -17,30 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import datamodule, mode, options, write_result
-from benchmarks.training import twin_path
+from benchmarks.training import exported_family, family_path, twin_path
 
 NAME = "classifier_refit"
 
 
 def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
-    from deploy import FamilyError, read_family
     from nas.family.recalibrate import evaluate_member, exit_accuracy, refit_classifiers
-    from supernet import SearchSpace, SuperNet
 
     opts, m = options(**kwargs), mode(quick)
-    shared_dir = Path(out_dir) / "shared"
-    info_path, family_path = shared_dir / "search.json", shared_dir / "export" / "family.pt"
-    if not (info_path.is_file() and family_path.is_file()):
-        raise SystemExit(f"{NAME}: no exported family in {shared_dir}; run one_vs_many into "
-                         f"the same --out first")
-    info = json.loads(info_path.read_text())
-    try:
-        family = read_family(family_path)
-    except FamilyError as e:
-        raise SystemExit(f"{NAME}: {e}") from None
-    net = SuperNet(SearchSpace(family.space))
-    net.load_state_dict(family.state_dict)
-    net.eval()
+    info, family, net = exported_family(NAME, out_dir)
     dm = datamodule(quick, opts.data_dir)
     rows = []
     for rec in family.members:
@@ -70,7 +56,7 @@ def run(quick: bool, out_dir: str | Path, **kwargs: Any) -> dict:
     if gaps:
         headline["worst_refit_gap_pp"] = min(gaps)
     settings = {"recal_batches": m.recal_batches, "classifier_batches": m.classifier_batches,
-                "family": str(family_path), "epochs": m.epochs,
+                "family": str(family_path(out_dir)), "epochs": m.epochs,
                 "limit_train_batches": m.limit}
     return write_result(out_dir, NAME, quick, opts, settings, {"members": rows}, headline)
 

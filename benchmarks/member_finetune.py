@@ -23,29 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import datamodule, main, mode, options, write_result
-from benchmarks.training import twin_path
+from benchmarks.training import exported_family, family_path, twin_path
 
 NAME = "member_finetune"
 
 
 def run(quick: bool, out_dir: str | Path, *, members: str | None, steps: int, lr: float,
         **kwargs: Any) -> dict:
-    from deploy import FamilyError, read_family
     from nas.family.finetune import finetune_members
     from nas.family.recalibrate import evaluate_member
-    from supernet import SearchSpace, SuperNet
 
     opts, m = options(**kwargs), mode(quick)
-    shared_dir = Path(out_dir) / "shared"
-    info_path, family_path = shared_dir / "search.json", shared_dir / "export" / "family.pt"
-    if not (info_path.is_file() and family_path.is_file()):
-        raise SystemExit(f"{NAME}: no exported family in {shared_dir}; run one_vs_many into "
-                         f"the same --out first")
-    info = json.loads(info_path.read_text())
-    try:
-        family = read_family(family_path)
-    except FamilyError as e:
-        raise SystemExit(f"{NAME}: {e}") from None
+    info, family, net = exported_family(NAME, out_dir)
     top = max(family.members, key=lambda r: r.costs[family.metric])
     by_name = {r.name: r for r in family.members}
     names = members.split(",") if members else [r.name for r in family.members if r is not top]
@@ -53,9 +42,6 @@ def run(quick: bool, out_dir: str | Path, *, members: str | None, steps: int, lr
     if odd:
         raise SystemExit(f"--finetune: {odd} are not members cheaper than the teacher "
                          f"{top.name} (the family has {list(by_name)})")
-    net = SuperNet(SearchSpace(family.space))
-    net.load_state_dict(family.state_dict)
-    net.eval()
     dm = datamodule(quick, opts.data_dir)
     kw = {"recal_batches": m.recal_batches, "classifier_batches": m.classifier_batches,
           "latency_device": None}
@@ -101,7 +87,7 @@ def run(quick: bool, out_dir: str | Path, *, members: str | None, steps: int, lr
         headline["their_twins_cpu_s"] = sum(twins_s)
     if gaps:
         headline["worst_tuned_gap_pp"] = min(gaps)
-    settings = {"members": names, "steps": steps, "lr": lr, "family": str(family_path),
+    settings = {"members": names, "steps": steps, "lr": lr, "family": str(family_path(out_dir)),
                 "recal_batches": m.recal_batches, "classifier_batches": m.classifier_batches,
                 "epochs": m.epochs, "limit_train_batches": m.limit}
     return write_result(out_dir, NAME, quick, opts, settings, {"members": rows}, headline)

@@ -224,6 +224,30 @@ def accuracy_on_test(model: nn.Module, dm, num_classes: int) -> list[float]:
     return exit_accuracy(model.cpu().eval(), dm.test_dataloader(), num_classes)
 
 
+
+def family_path(out_dir: str | Path) -> Path:
+    """Where the `one_vs_many` run in ``out_dir`` exported its family."""
+    return Path(out_dir) / "shared" / "export" / "family.pt"
+
+
+def exported_family(name: str, out_dir: str | Path):
+    """The `one_vs_many` run's search record, exported family and shared supernet (eval mode),
+    for the figures that read that run's ``<out_dir>/shared``: ``(info, family, net)``."""
+    from deploy import FamilyError, read_family
+    from supernet import SearchSpace, SuperNet
+
+    shared_dir = Path(out_dir) / "shared"
+    info_path = shared_dir / "search.json"
+    if not (info_path.is_file() and family_path(out_dir).is_file()):
+        raise SystemExit(f"{name}: no exported family in {shared_dir}; run one_vs_many into "
+                         f"the same --out first")
+    try:
+        family = read_family(family_path(out_dir))
+    except FamilyError as e:
+        raise SystemExit(f"{name}: {e}") from None
+    net = SuperNet(SearchSpace(family.space))
+    net.load_state_dict(family.state_dict)
+    return json.loads(info_path.read_text()), family, net.eval()
 def twin_path(quick: bool, out_dir: str | Path, config, recipe: Mapping[str, Any]) -> Path:
     """Where a from-scratch twin's result is cached: keyed by config (or a baseline's name),
     recipe and sizes."""
