@@ -30,12 +30,12 @@ NAME = "member_finetune"
 
 def run(quick: bool, out_dir: str | Path, *, members: str | None, steps: int, lr: float,
         **kwargs: Any) -> dict:
-    from nas.family.finetune import finetune_members
+    from nas.family.finetune import dearest, finetune_members
     from nas.family.recalibrate import evaluate_member
 
     opts, m = options(**kwargs), mode(quick)
     info, family, net = exported_family(NAME, out_dir)
-    top = max(family.members, key=lambda r: r.costs[family.metric])
+    top = dearest(family.members, family.metric)
     by_name = {r.name: r for r in family.members}
     names = members.split(",") if members else [r.name for r in family.members if r is not top]
     odd = [n for n in names if n not in by_name or n == top.name]

@@ -411,8 +411,8 @@ class SupernetSearch(L.LightningModule):
         optimizer step. Lightning updates it after every ``opt.step()``: in the joint step the
         weights' update moved the scale before α's gradients, from the same backward, were
         unscaled by the new one (so ½ their size after a growth step, twice it after an
-        overflow), and the growth interval counted optimizers, not steps. The update sees every optimizer's
-        overflow check of the step."""
+        overflow), and the growth interval counted optimizers, not steps. The update sees every
+        optimizer's overflow check of the step."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is None:
             yield

@@ -29,16 +29,9 @@ from typing import Any
 from tqdm import tqdm
 
 from costmodels import CostTable
-from deploy import (
-    FamilyFile,
-    MemberRecord,
-    member_state,
-    trained_weight_quant,
-    write_family,
-    write_member,
-)
+from deploy import FamilyFile, MemberRecord, trained_weight_quant, write_family, write_member
 from nas.family.chain import Family, family_from_search, parse_budgets
-from nas.family.finetune import finetune_members
+from nas.family.finetune import dearest, finetune_members
 from nas.family.pareto import MEASURED, budget_summary, format_table, plot_pareto, write_pareto_json
 from nas.family.recalibrate import MemberEvaluation, evaluate_member
 from supernet import ArchConfig
@@ -88,7 +81,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
     table = table if table is not None else search.table  # the checkpoint's own
     family = family_from_search(search, table, metric=metric, members=members, budgets=budgets,
                                 start=start, configs=configs)
-    top = max(family.members, key=lambda m: m.costs[family.metric])
+    top = dearest(family.members, family.metric)
     names = [m.name for m in family.members]
     unknown = [n for n in finetune if n not in names]
     if unknown:
@@ -114,23 +107,23 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
     evaluated, own_weights, finetune_s = {}, {}, 0.0
     if finetune:  # the teacher first: the dearest member, recalibrated and refit
         evaluated[top.name] = evaluate_member(net, top.config, train, test, **kw)
-        tuned = [m for m in family.members if m.name in finetune]
+        named = [m for m in family.members if m.name in finetune]
         start_s = time.process_time()
-        copies = finetune_members(net, [m.config for m in tuned], evaluated[top.name].module,
+        copies = finetune_members(net, [m.config for m in named], evaluated[top.name].module,
                                   train, steps=finetune_steps, lr=finetune_lr,
                                   weight_decay=search.hparams.weight_decay, progress=progress)
         finetune_s = time.process_time() - start_s
-        own_weights = {m.name: c for m, c in zip(tuned, copies, strict=True)}
+        own_weights = {m.name: c for m, c in zip(named, copies, strict=True)}
     with atomic_dir(Path(out)) as tmp:
         for m in family.members:
             bar.set_postfix_str(m.name)
+            tuned = m.name in own_weights
             weights = own_weights.get(m.name, net)
-            ev = evaluated.get(m.name) or evaluate_member(weights, m.config, train, test, **kw)
-            if m.name in own_weights:
-                ev.state = member_state(ev.module, own_weights=True)
-            rec = _record(m.name, "tuned" if m.name in own_weights else "member", ev, m.costs)
+            ev = evaluated.get(m.name) or evaluate_member(weights, m.config, train, test,
+                                                          own_weights=tuned, **kw)
+            rec = _record(m.name, "tuned" if tuned else "member", ev, m.costs)
             rec.update(exit_costs=m.exit_costs, log_prob=m.log_prob, budgets=m.budgets)
-            if m.name in own_weights:
+            if tuned:
                 rec["finetune_steps"] = finetune_steps
             costs = dict(m.costs)
             if ev.measured_latency_ms is not None:
@@ -139,8 +132,7 @@ def export_family(search, out: str | Path, datamodule, *, table: CostTable | Non
                     "recal_batches": recal_batches, "classifier_batches": classifier_batches}
             doc = write_member(tmp / "members" / m.name, ev.module,
                                trained_weight_quant(weights, ev.module, m.config), meta,
-                               input_shape,
-                               onnx=onnx, seed=seed, fallback=onnx_fallback)
+                               input_shape, onnx=onnx, seed=seed, fallback=onnx_fallback)
             if onnx:
                 rec["onnx"] = doc["onnx"]
                 rec["onnx_max_abs_diff"] = doc["onnx"]["max_abs_diff"]

@@ -25,6 +25,11 @@ from tqdm import tqdm
 from supernet import ArchConfig, SuperNet
 
 
+def dearest(members: Sequence, metric: str):
+    """The member that costs most by ``metric``: the teacher of the others."""
+    return max(members, key=lambda m: m.costs[metric])
+
+
 def endless(loader: Iterable) -> Iterator:
     """The loader's batches, epoch after epoch (a fresh pass each time: no batch is cached)."""
     while True:

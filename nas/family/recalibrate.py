@@ -128,7 +128,7 @@ class MemberEvaluation:
 
     config: ArchConfig
     module: nn.Module
-    state: dict[str, torch.Tensor]  # `member_state`: its batch-norm statistics and classifiers
+    state: dict[str, torch.Tensor]  # `member_state`: its statistics and classifiers (or all)
     accuracy: list[float]
     measured_latency_ms: float | None = None
     latency_spread: float | None = None
@@ -138,10 +138,12 @@ def evaluate_member(net: SuperNet, config: ArchConfig, train_batches: Iterable,
                     test_batches: Iterable, *, recal_batches: int = 20,
                     classifier_batches: int = 100, test_limit: int | None = None,
                     latency_device: str | None = "cpu",
-                    latency_threads: int = 1, latency_repeats: int = 30) -> MemberEvaluation:
+                    latency_threads: int = 1, latency_repeats: int = 30,
+                    own_weights: bool = False) -> MemberEvaluation:
     """Extract ``config``, recalibrate its batch norms, refit its exits' classifiers (not with
     ``classifier_batches=0``), score it per exit and time it (batch 1 on ``latency_device``;
-    ``None`` skips the timing)."""
+    ``None`` skips the timing). ``own_weights``: ``net`` is the member's own fine-tuned copy,
+    so its state holds every tensor (`member_state`)."""
     if classifier_batches < 0:
         raise ValueError(f"classifier batches: 0 (keep the shared classifiers) or more, got "
                          f"{classifier_batches}")
@@ -151,7 +153,7 @@ def evaluate_member(net: SuperNet, config: ArchConfig, train_batches: Iterable,
         refit_classifiers(static, train_batches, classifier_batches)
     static.eval()
     accuracy = exit_accuracy(static, test_batches, net.space.num_classes, test_limit)
-    result = MemberEvaluation(config, static, member_state(static), accuracy)
+    result = MemberEvaluation(config, static, member_state(static, own_weights), accuracy)
     if latency_device is not None:
         space = net.space
         shape = (1, space.input_channels, space.input_size, space.input_size)
