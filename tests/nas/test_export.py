@@ -300,6 +300,7 @@ def test_finetune_trains_a_copy_per_member_toward_the_teacher_and_leaves_the_sha
         trained):
     from nas.family.finetune import finetune_members
 
+    torch.manual_seed(0)  # the loaders' shuffles: the same batches whatever ran before
     net, space = trained[0].net, trained[0].search_space
     before = {k: v.clone() for k, v in net.state_dict().items()}
     dm = data()
