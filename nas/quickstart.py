@@ -47,15 +47,18 @@ def ensure_table(space_file: str | Path, table_path: str | Path, *, measured: bo
         table.check_covers(space)
         verdict = check_host(table, space)
         if not verdict.foreign:
+            if candidate != table_path:
+                print(f"using this host's own table {table.id} ({candidate}), built earlier")
             return candidate
         if allow_foreign:
             print(f"using cost table {table.id} ({candidate}) although it does not describe "
                   f"this host ({verdict.reason}): --allow-foreign-table")
             return candidate
         print(f"cost table {table.id} ({candidate}) does not describe this host "
-              f"({verdict.reason}); building this host's table into {cache}")
+              f"({verdict.reason})")
     if not table_path.is_file() and table_path != cache:
-        print(f"cost table {table_path} is missing; building this host's table into {cache}")
+        print(f"cost table {table_path} is missing")
+    print(f"building this host's table into {cache}")
     build_kwargs.setdefault("clock", "thread")
     table = build_measured_table(space, "cpu", threads=1, space_file=str(space_file),
                                  progress=progress, **build_kwargs)

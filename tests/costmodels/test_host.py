@@ -105,4 +105,11 @@ def test_quickstart_builds_this_hosts_table_when_its_table_is_foreign(measured, 
     assert built.meta.host["cpu"] == cpu_model() and built.meta.method == "measured"
     out = capsys.readouterr().out
     assert "does not describe this host (measured on cpu 'Imaginary CPU 9000'" in out
+    assert "building this host's table" in out
+    # the next run reuses this host's table and says so, without claiming to build it again
+    assert ensure_table(TINY, foreign, cache_root=tmp_path / "runs" / "tables",
+                        progress=False) == got
+    out = capsys.readouterr().out
+    assert "using this host's own table" in out and "building" not in out
+    assert CostTable.load(got).id == built.id
     assert ensure_table(TINY, foreign, allow_foreign=True, cache_root=tmp_path) == foreign
