@@ -5,7 +5,9 @@ forward+backward of the Fashion-MNIST supernet under softmax(α) with the eager 
 kernels, the same with the native ones (their float32 AVX2 loops, and their scalar loops where
 the CPU has AVX2), and a plain forward+backward of the largest member
 (extracted); ratios relaxed ÷ plain are taken per round, then the median. A profiled step of
-each kind gives the activation quantizer's own time (forward and backward nodes).
+each kind gives the activation quantizer's own time (forward and backward nodes), and three
+profiled steps of the relaxed (native) and the plain side give where the relaxed step's extra
+time goes: each op's self CPU time per step on both sides, largest differences first.
 
     python -m benchmarks.native_kernels [--rounds 9] [--batch 128] [--out FILE.json]
 """
@@ -47,6 +49,30 @@ def quant_ms(step: Callable[[], None]) -> dict[str, float]:
         if e.key in out:
             out[e.key] += e.cpu_time_total / 1e3
     return out
+
+
+def self_ms(step: Callable[[], None], repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Each op's (self CPU milliseconds, calls) per step, over ``repeats`` profiled steps."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    return {e.key: (e.self_cpu_time_total / 1e3 / repeats, e.count / repeats)
+            for e in prof.key_averages()}
+
+
+def breakdown(relaxed: Callable[[], None], plain: Callable[[], None],
+              top: int = 15) -> dict:
+    """Where the relaxed step's extra time goes: the ``top`` ops by |relaxed − plain| self
+    time per step, and both totals."""
+    r, p = self_ms(relaxed), self_ms(plain)
+    rows = [{"op": k, "relaxed_ms": r.get(k, (0.0, 0))[0], "plain_ms": p.get(k, (0.0, 0))[0],
+             "relaxed_calls": r.get(k, (0.0, 0))[1], "plain_calls": p.get(k, (0.0, 0))[1]}
+            for k in r.keys() | p.keys()]
+    for row in rows:
+        row["extra_ms"] = row["relaxed_ms"] - row["plain_ms"]
+    rows.sort(key=lambda row: -abs(row["extra_ms"]))
+    return {"relaxed_total_ms": sum(v[0] for v in r.values()),
+            "plain_total_ms": sum(v[0] for v in p.values()), "ops": rows[:top]}
 
 
 def run(rounds: int, warmup: int, batch: int) -> dict:
@@ -95,6 +121,7 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
                                                           times["plain"], strict=True))
              for kind in kinds}
     profiled = {kind: quant_ms(steps[f"relaxed_{kind}"]) for kind in kinds}
+    extra = breakdown(steps["relaxed_native"], plain_step)
     use_native_kernels(True)
     lib.hwnas_use_avx2(1)
     return {
@@ -107,6 +134,7 @@ def run(rounds: int, warmup: int, batch: int) -> dict:
         "native_speedup_of_relaxed_step": statistics.median(
             a / b for a, b in zip(times["relaxed_eager"], times["relaxed_native"], strict=True)),
         "act_quant_profiled_ms": profiled,
+        "relaxed_native_vs_plain_self_ms": extra,
     }
 
 

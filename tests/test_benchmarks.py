@@ -152,6 +152,39 @@ def test_the_op_count_sees_native_kernel_calls():
     assert count_ops(prof)["ops"] == plain + 2  # its output's allocation and the kernel
 
 
+def test_the_relaxed_step_breakdown_finds_each_quantizer_call_on_its_side():
+    """The per-op breakdown puts the activation quantizer's kernels on the relaxed side only,
+    once per quantizer module and step, and ReLU6's backward on the plain side."""
+    import torch.nn.functional as F
+
+    from benchmarks.native_kernels import breakdown
+    from nas.arch_params import ArchParameters
+    from supernet import SearchSpace, SuperNet, extract, native
+    from supernet.quant import ActQuantizer
+    from tests.conftest import TINY
+
+    if native.library() is None:
+        pytest.skip("no C++ compiler to build the native kernels")
+    space = SearchSpace.from_yaml(TINY)
+    net, alpha = SuperNet(space).train(), ArchParameters(space)
+    plain = extract(SuperNet(space), space.largest()).train()
+    x = torch.randn(4, space.input_channels, space.input_size, space.input_size)
+
+    def step(model):
+        def run():
+            sum(F.cross_entropy(z, torch.zeros(4, dtype=torch.long)) for z in model(x)).backward()
+        return run
+
+    out = breakdown(step(lambda v: net(v, alpha.probs())), step(plain), top=1000)
+    ops = {row["op"]: row for row in out["ops"]}
+    quantizers = sum(isinstance(m, ActQuantizer) for m in net.modules())
+    for kernel in ("hwnas::act_forward", "hwnas::act_backward"):
+        assert ops[kernel]["relaxed_calls"] == quantizers and ops[kernel]["plain_calls"] == 0
+        assert ops[kernel]["extra_ms"] == ops[kernel]["relaxed_ms"] > 0
+    assert ops["aten::hardtanh_backward"]["plain_calls"] > 0
+    assert out["relaxed_total_ms"] == pytest.approx(sum(r["relaxed_ms"] for r in out["ops"]))
+
+
 def test_a_search_variant_refuses_unknown_settings_and_a_missing_family(tmp_path, capsys):
     from benchmarks import search_variant
 
