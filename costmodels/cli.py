@@ -216,7 +216,8 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     space = _space(args.space)
     try:
-        verdict = require_host(table, space, args.space, args.allow_foreign_table)
+        verdict = require_host(table, space, args.space, args.allow_foreign_table,
+                               table_option="--table")
     except ForeignTableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -106,9 +106,18 @@ class HostCheck:
     reason: str
     ratio: float | None = None  # median of probe time here / recorded time
 
-    def message(self, table: CostTable, command: str) -> str:
-        return (f"cost table {table.id} does not describe this host ({self.reason}); rebuild "
-                f"it with `{command}`, or pass --allow-foreign-table to use it anyway")
+    def message(self, table: CostTable, command: str, out: str | Path,
+                table_option: str | None = None, own_table: bool = False) -> str:
+        """One line: why, then the fix. With ``table_option`` (the command's table option) it
+        also says how to use the rebuilt table, or, with ``own_table``, that this host's own
+        table at ``out`` is already there."""
+        use = f"`{table_option} {out}`"
+        if own_table and table_option:
+            fix = f"this host's own table is {out} (built earlier): pass {use}"
+        else:
+            fix = f"rebuild it with `{command}`" + (f", then pass {use}" if table_option else "")
+        return (f"cost table {table.id} does not describe this host ({self.reason}); {fix}, "
+                f"or pass --allow-foreign-table to use it anyway")
 
 
 def time_probe(target_name: str, threads: int, clock: str, keys: Sequence[str], act: str,
@@ -166,12 +175,32 @@ def check_host(table: CostTable, space: SearchSpace,
 
 def require_host(table: CostTable, space: SearchSpace, space_file: str | None,
                  allow_foreign: bool = False,
-                 measure: Callable[[CostTable, SearchSpace], dict[str, float]] = probe_times
-                 ) -> HostCheck:
+                 measure: Callable[[CostTable, SearchSpace], dict[str, float]] | None = None,
+                 table_option: str | None = None) -> HostCheck:
     """`check_host`, raising `ForeignTableError` (one line, with the rebuild command) when the
-    table is foreign and ``allow_foreign`` is off."""
+    table is foreign and ``allow_foreign`` is off. ``table_option`` is the calling command's
+    table option: the line then says how to pass the rebuilt table, or that this host's own
+    table is already in ``runs/tables/`` (the quick start builds it there). ``measure``:
+    `probe_times` unless given."""
+    measure = measure or probe_times
     verdict = check_host(table, space, measure)
     if verdict.foreign and not allow_foreign:
         out = cache_path(space, table.meta.target, table.meta.threads)
-        raise ForeignTableError(verdict.message(table, rebuild_command(table, space_file, out)))
+        own = table_option is not None and _describes_host(out, table, space, measure)
+        raise ForeignTableError(verdict.message(table, rebuild_command(table, space_file, out),
+                                                out, table_option, own))
     return verdict
+
+
+def _describes_host(path: Path, other: CostTable, space: SearchSpace,
+                    measure: Callable[[CostTable, SearchSpace], dict[str, float]]) -> bool:
+    """Whether ``path`` holds a table for ``space`` other than ``other`` that describes this
+    host."""
+    if not path.is_file():
+        return False
+    try:
+        table = CostTable.load(path)
+        table.check_covers(space)
+    except TableError:
+        return False
+    return table.id != other.id and not check_host(table, space, measure).foreign

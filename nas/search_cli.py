@@ -93,7 +93,8 @@ class SearchCLI(LightningCLI):
 
         model = cfg["model"]
         require_host(CostTable.load(model["cost_table"]), SearchSpace.from_yaml(model["space"]),
-                     model["space"], allow_foreign=bool(cfg.get("allow_foreign_table")))
+                     model["space"], allow_foreign=bool(cfg.get("allow_foreign_table")),
+                     table_option="--model.cost_table")
 
 
 def search_command(argv: list[str], cli: type[SearchCLI] = SearchCLI) -> int:

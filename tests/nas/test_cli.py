@@ -151,7 +151,8 @@ def test_a_search_prints_no_library_notices(tiny_table, tmp_path):
         assert notice not in output, notice
 
 
-def test_a_search_refuses_a_table_measured_on_another_machine(tmp_path, capsys):
+def test_a_search_refuses_a_table_measured_on_another_machine(tmp_path, capsys,
+                                                                monkeypatch):
     from dataclasses import replace
 
     from costmodels import CostTable, build_measured_table
@@ -164,9 +165,20 @@ def test_a_search_refuses_a_table_measured_on_another_machine(tmp_path, capsys):
     CostTable(table.entries, replace(table.meta, host=host), table.overhead).save(
         tmp_path / "foreign.json")
     argv = search_args(str(tmp_path / "foreign.json"), tmp_path)
+    own = "runs/tables/tiny_cpu_1t.json"
     line = one_error_line(capsys, argv + ["--model.budget.fraction=0.6"], "Imaginary CPU 9000",
-                          "hwnas costs build", "--allow-foreign-table")
+                          "hwnas costs build", f"then pass `--model.cost_table {own}`",
+                          "--allow-foreign-table")
     assert line.startswith("hwnas search: error: cost table")
+    # with this host's own table already in runs/tables/ (as the quick start leaves it), the
+    # line names it instead of a rebuild
+    monkeypatch.chdir(tmp_path)
+    table.save(tmp_path / own)
+    monkeypatch.setattr("costmodels.host.probe_times", lambda t, space: dict(t.meta.probe))
+    line = one_error_line(capsys, argv + ["--model.budget.fraction=0.6"], "Imaginary CPU 9000",
+                          f"this host's own table is {own} (built earlier): pass "
+                          f"`--model.cost_table {own}`")
+    assert "hwnas costs build" not in line
     assert main(argv + ["--model.budget.fraction=0.6", "--allow-foreign-table=true"]) == 0
 
 
