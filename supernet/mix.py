@@ -54,11 +54,20 @@ def as_mix(c: Choice, like: torch.Tensor) -> Mix:
     return c if isinstance(c, Mix) else Mix(torch.ones(1).to(like), (c,))
 
 
-@functools.lru_cache(maxsize=512)
 def choice_masks(kind: str, values: tuple[Number, ...], size: int, device: torch.device,
                  dtype: torch.dtype) -> torch.Tensor:
     """Constant 0/1 masks, one row per value: ``prefix`` — the first ``v`` of ``size``
-    channels; ``window`` — the centred ``v``×``v`` window of a ``size``×``size`` kernel."""
+    channels; ``window`` — the centred ``v``×``v`` window of a ``size``×``size`` kernel.
+
+    Cached in eager mode; inside a `torch.compile` trace they are built in the graph (constants
+    there), as the compiler would otherwise warn that it ignores the cache."""
+    if torch.compiler.is_compiling():
+        return _build_masks(kind, values, size, device, dtype)
+    return _cached_masks(kind, values, size, device, dtype)
+
+
+def _build_masks(kind: str, values: tuple[Number, ...], size: int, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
     idx = torch.arange(size)
     if kind == "prefix":
         rows = [idx < int(v) for v in values]
@@ -69,6 +78,9 @@ def choice_masks(kind: str, values: tuple[Number, ...], size: int, device: torch
             inside = (idx >= lo) & (idx < lo + int(k))
             rows.append((inside[:, None] & inside[None, :]).flatten())
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+_cached_masks = functools.lru_cache(maxsize=512)(_build_masks)
 
 
 def prefix_mask(width: Mix, size: int) -> torch.Tensor:

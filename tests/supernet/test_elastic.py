@@ -53,3 +53,35 @@ def test_the_relaxed_network_is_the_same_with_its_activations_fused_into_the_qua
     assert len(runs[0]) == len(runs[1]) > 10
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_choice_masks_are_cached_eagerly_and_built_afresh_inside_a_compile_trace(monkeypatch):
+    """Inside a trace the masks are built, not read from the cache (the compiler would warn),
+    with the same values."""
+    from supernet.mix import choice_masks
+
+    args = ("window", (3, 5), 5, torch.device("cpu"), torch.float32)
+    eager = choice_masks(*args)
+    assert choice_masks(*args) is eager  # cached
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = choice_masks(*args)
+    assert traced is not eager and torch.equal(traced, eager)
+    assert eager.sum(1).tolist() == [9, 25]  # the centred 3x3 and the whole 5x5 window
+
+
+def test_compiling_a_pass_that_builds_masks_gives_no_cache_notice():
+    """A compiled relaxed pass builds its masks in the graph: dynamo has no cache wrapper to
+    warn about ("Dynamo detected a call to a functools.lru_cache-wrapped function")."""
+    import warnings
+
+    from supernet.mix import choice_masks
+
+    expected = torch.tensor([0.25, 0.75]) @ choice_masks("prefix", (1, 2), 2,
+                                                        torch.device("cpu"), torch.float32)
+    traced = torch.compile(lambda p: p @ choice_masks("prefix", (1, 2), 2, p.device, p.dtype),
+                           backend="eager", fullgraph=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = traced(torch.tensor([0.25, 0.75]))
+    assert torch.equal(got, expected)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
