@@ -40,12 +40,18 @@ def fwd_bwd(model: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
     loss.backward()
 
 
+def profiled(step: Callable[[], None], repeats: int = 1):
+    """The profiler's per-op averages over ``repeats`` runs of ``step`` (totals, not per run)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    return prof.key_averages()
+
+
 def quant_ms(step: Callable[[], None]) -> dict[str, float]:
     """Milliseconds in the activation quantizer's autograd nodes during one step."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
     out = dict.fromkeys(QUANT_OPS, 0.0)
-    for e in prof.key_averages():
+    for e in profiled(step):
         if e.key in out:
             out[e.key] += e.cpu_time_total / 1e3
     return out
@@ -53,11 +59,8 @@ def quant_ms(step: Callable[[], None]) -> dict[str, float]:
 
 def self_ms(step: Callable[[], None], repeats: int = 3) -> dict[str, tuple[float, float]]:
     """Each op's (self CPU milliseconds, calls) per step, over ``repeats`` profiled steps."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(repeats):
-            step()
     return {e.key: (e.self_cpu_time_total / 1e3 / repeats, e.count / repeats)
-            for e in prof.key_averages()}
+            for e in profiled(step, repeats)}
 
 
 def breakdown(relaxed: Callable[[], None], plain: Callable[[], None],
@@ -65,14 +68,14 @@ def breakdown(relaxed: Callable[[], None], plain: Callable[[], None],
     """Where the relaxed step's extra time goes: the ``top`` ops by |relaxed − plain| self
     time per step, and both totals."""
     r, p = self_ms(relaxed), self_ms(plain)
-    rows = [{"op": k, "relaxed_ms": r.get(k, (0.0, 0))[0], "plain_ms": p.get(k, (0.0, 0))[0],
-             "relaxed_calls": r.get(k, (0.0, 0))[1], "plain_calls": p.get(k, (0.0, 0))[1]}
-            for k in r.keys() | p.keys()]
-    for row in rows:
-        row["extra_ms"] = row["relaxed_ms"] - row["plain_ms"]
+    rows = []
+    for op in r.keys() | p.keys():
+        (r_ms, r_calls), (p_ms, p_calls) = r.get(op, (0.0, 0)), p.get(op, (0.0, 0))
+        rows.append({"op": op, "relaxed_ms": r_ms, "plain_ms": p_ms, "extra_ms": r_ms - p_ms,
+                     "relaxed_calls": r_calls, "plain_calls": p_calls})
     rows.sort(key=lambda row: -abs(row["extra_ms"]))
-    return {"relaxed_total_ms": sum(v[0] for v in r.values()),
-            "plain_total_ms": sum(v[0] for v in p.values()), "ops": rows[:top]}
+    return {"relaxed_total_ms": sum(ms for ms, _ in r.values()),
+            "plain_total_ms": sum(ms for ms, _ in p.values()), "ops": rows[:top]}
 
 
 def run(rounds: int, warmup: int, batch: int) -> dict:
