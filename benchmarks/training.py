@@ -248,33 +248,36 @@ def exported_family(name: str, out_dir: str | Path):
     net = SuperNet(SearchSpace(family.space))
     net.load_state_dict(family.state_dict)
     return json.loads(info_path.read_text()), family, net.eval()
-def twin_path(quick: bool, out_dir: str | Path, config, recipe: Mapping[str, Any]) -> Path:
+def twin_path(quick: bool, out_dir: str | Path, config, recipe: Mapping[str, Any],
+              seed: int = 0) -> Path:
     """Where a from-scratch twin's result is cached: keyed by config (or a baseline's name),
-    recipe and sizes."""
+    recipe, sizes and, past the first, the initialisation seed."""
     m = mode(quick)
     what = config if isinstance(config, str) else config.to_dict()
-    key = json.dumps([what, dict(recipe), m.epochs, m.limit, m.batch_size], sort_keys=True)
+    parts = [what, dict(recipe), m.epochs, m.limit, m.batch_size] + ([seed] if seed else [])
+    key = json.dumps(parts, sort_keys=True)
     name = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(out_dir) / "shared" / "scratch" / f"{name}.json"
 
 
 def scratch_twin(quick: bool, out_dir: str | Path, opts: Options, config,
-                 recipe: Mapping[str, Any]) -> dict[str, Any]:
+                 recipe: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
     """A member trained from scratch with ``recipe`` for the mode's epochs and batches, then
-    extracted and scored (cached in ``<out_dir>/shared/scratch`` by config and recipe)."""
+    extracted and scored (cached in ``<out_dir>/shared/scratch`` by config, recipe and seed).
+    ``seed`` draws the initial weights; the data and its order are the search's."""
     from costmodels import table_cost
 
     m = mode(quick)
-    path = twin_path(quick, out_dir, config, recipe)
+    path = twin_path(quick, out_dir, config, recipe, seed)
     if path.is_file():
         return json.loads(path.read_text())
     space, dm = load_space(quick), datamodule(quick, opts.data_dir)
-    twin = MemberNet(space, config)
+    twin = MemberNet(space, config, seed)
     timing = train_from_scratch(twin, dm, recipe, epochs=m.epochs, limit=m.limit,
                                 device=opts.device)
     static = twin.cpu().extract()
     result = {
-        "config": config.to_dict(), "timing": timing,
+        "config": config.to_dict(), "seed": seed, "timing": timing,
         "accuracy": accuracy_on_test(static, dm, space.num_classes),
         "macs": table_cost(space, load_table(quick, out_dir), config, "macs"),
     }
