@@ -105,6 +105,24 @@ def test_quick_run_all_writes_every_figure(tmp_path):
     assert head["finetune_cpu_s"] > 0 and head["search_plus_finetune_cpu_s"] == pytest.approx(
         head["search_cpu_s"] + head["finetune_cpu_s"])
     assert head["their_twins_cpu_s"] == pytest.approx(twins[0]["scratch_step_cpu_s"])
+    # more twins of m0: seed 0 is figure 2's own (read from its cache), seed 1 a new network
+    from benchmarks import twin_spread
+
+    assert twin_spread.cli(["--quick", "--out", str(tmp_path), "--names", "m0",
+                            "--seeds", "1,0"]) == 0
+    (row,) = json.loads((tmp_path / "twin_spread.json").read_text())["results"]["members"]
+    assert row["seeds"] == [0, 1]
+    assert row["twin_accuracies"][0] == twins[0]["scratch_accuracy"]
+    assert row["family_accuracy"] == twins[0]["family_accuracy"]
+    from benchmarks.training import twin_path
+    from supernet import ArchConfig
+
+    recipe = json.loads((tmp_path / "one_vs_many.json").read_text())["settings"]["recipe"]
+    config = ArchConfig.from_dict(twins[0]["config"])
+    seeded = [twin_path(True, tmp_path, config, recipe, s).with_suffix(".pt") for s in (0, 1)]
+    assert all(p.is_file() for p in seeded)  # seed 1 trained and cached beside seed 0
+    weights = [torch.load(p) for p in seeded]
+    assert any(not torch.equal(a, weights[1][k]) for k, a in weights[0].items())
     # an A/B search scores the same member configs of that family
     from benchmarks import search_variant
 
@@ -115,6 +133,34 @@ def test_quick_run_all_writes_every_figure(tmp_path):
     doc = json.loads((out / "search_variant.json").read_text())
     assert doc["settings"]["overrides"] == {"sandwich_random": 0}
     assert 0 <= doc["headline"]["m0_accuracy"] <= 1
+
+
+def test_twin_spread_sets_a_member_against_its_twins_mean():
+    from benchmarks.twin_spread import spread
+
+    got = spread(0.90, [0.88, 0.91, 0.94])
+    assert got["twin_mean"] == pytest.approx(91.0)
+    assert got["twin_std"] == pytest.approx(3.0)  # sample sd of 88, 91, 94
+    assert (got["twin_min"], got["twin_max"]) == pytest.approx((88.0, 94.0))
+    assert got["gap_to_mean_pp"] == pytest.approx(-1.0)
+    assert spread(0.5, [0.4])["twin_std"] == 0.0
+
+
+def test_a_twins_cache_key_is_unchanged_for_seed_0_and_differs_per_seed(tmp_path):
+    """Figure 2's cached twins (seed 0) stay valid; another seed is another network."""
+    import hashlib
+
+    from benchmarks.common import mode
+    from benchmarks.training import twin_path
+
+    recipe = {"weight_lr": 0.1}
+    m = mode(True)
+    old_key = json.dumps(["bl", recipe, m.epochs, m.limit, m.batch_size], sort_keys=True)
+    name = hashlib.sha1(old_key.encode()).hexdigest()[:12]
+    assert twin_path(True, tmp_path, "bl", recipe).name == f"{name}.json"
+    assert twin_path(True, tmp_path, "bl", recipe, 0) == twin_path(True, tmp_path, "bl", recipe)
+    seeded = {twin_path(True, tmp_path, "bl", recipe, s) for s in (0, 1, 2)}
+    assert len(seeded) == 3
 
 
 def test_a_figure_alone_creates_its_output_folder(tmp_path):
