@@ -77,7 +77,7 @@ def search_args(table: str, out) -> list[str]:
             f"--model.space={REPO / 'configs/spaces/tiny.yaml'}", f"--model.cost_table={table}",
             "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
             f"--trainer.default_root_dir={out}", f"--checkpoint.dirpath={out}"]
 
 

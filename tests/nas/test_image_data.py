@@ -241,7 +241,7 @@ def test_the_search_command_takes_the_folder_module_and_reports_bad_input_in_one
               "--model.warmup_epochs=0", "--data=nas.data.images.ImageDataModule",
               "--data.channels=1", "--data.image_size=16", "--data.batch_size=32",
               "--data.augment.auto_augment=rand-m9-mstd0.5", "--trainer.max_epochs=1",
-              "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+              "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
               "--trainer.logger=false", "--trainer.enable_progress_bar=false",
               f"--trainer.default_root_dir={tmp_path}"]
     assert main([*common, f"--data.root={folder}"]) == 0
