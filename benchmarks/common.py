@@ -257,14 +257,18 @@ def quiet() -> None:
 
 
 # -- command line of a single figure -----------------------------------------------------------
-def main(name: str, run: Callable[..., dict], argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.<name> --quick|--full [--out DIR] [--accelerator gpu]``."""
+def main(name: str, run: Callable[..., dict], argv: list[str] | None = None, *,
+         whole_argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.<name> --quick|--full [--out DIR] [--accelerator gpu]``.
+    ``whole_argv``: the command line as typed, when ``argv`` is what a module's own options
+    left of it (the result file records the whole command, so it reruns as it ran)."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}")
     add_common_args(parser)
     args = parser.parse_args(argv)
     quiet()
+    typed = whole_argv if whole_argv is not None else argv
     opts = options_from_args(args, f"python -m benchmarks.{name} " + " ".join(
-        sys.argv[1:] if argv is None else argv))
+        sys.argv[1:] if typed is None else typed))
     out = Path(args.out or default_out(not args.full))
     out.mkdir(parents=True, exist_ok=True)  # figures write their plots into it
     doc = run(not args.full, out, **asdict(opts))

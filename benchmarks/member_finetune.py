@@ -99,11 +99,13 @@ def cli(argv: list[str] | None = None) -> int:
                        help="members to fine-tune (default: all but the teacher)")
     extra.add_argument("--steps", type=int, default=1000, help="fine-tune batches each (1000)")
     extra.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (0.02)")
-    args, rest = extra.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = extra.parse_known_args(argv)
     if args.steps < 1:
         extra.error(f"--steps: must be at least 1, got {args.steps}")
     return main(NAME, lambda quick, out_dir, **kw: run(
-        quick, out_dir, members=args.finetune, steps=args.steps, lr=args.lr, **kw), rest)
+        quick, out_dir, members=args.finetune, steps=args.steps, lr=args.lr, **kw), rest,
+        whole_argv=argv)
 
 
 if __name__ == "__main__":

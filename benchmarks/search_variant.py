@@ -85,7 +85,8 @@ def cli(argv: list[str] | None = None) -> int:
     extra.add_argument("--members", required=True, help="its members to score, e.g. m0,m1")
     extra.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a SupernetSearch argument for this search (repeatable)")
-    args, rest = extra.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = extra.parse_known_args(argv)
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -94,7 +95,7 @@ def cli(argv: list[str] | None = None) -> int:
         overrides[key] = parse_value(value)
     return main(NAME, lambda quick, out_dir, **kw: run(
         quick, out_dir, family=args.family, members=args.members, overrides=overrides, **kw),
-        rest)
+        rest, whole_argv=argv)
 
 
 if __name__ == "__main__":

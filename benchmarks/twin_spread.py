@@ -81,7 +81,7 @@ def cli(argv: list[str] | None = None) -> int:
     if min(seeds) < 0:
         extra.error(f"--seeds: seeds are 0 or more, got {own.seeds!r}")
     return main(NAME, lambda quick, out, **kw: run(quick, out, names=own.names, seeds=seeds,
-                                                  **kw), rest)
+                                                  **kw), rest, whole_argv=argv)
 
 
 if __name__ == "__main__":

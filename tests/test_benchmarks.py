@@ -112,6 +112,8 @@ def test_quick_run_all_writes_every_figure(tmp_path):
                             "--seeds", "1,0"]) == 0
     (row,) = json.loads((tmp_path / "twin_spread.json").read_text())["results"]["members"]
     assert row["seeds"] == [0, 1]
+    assert json.loads((tmp_path / "twin_spread.json").read_text())["command"].endswith(
+        f"--quick --out {tmp_path} --names m0 --seeds 1,0")  # reruns as it ran
     assert row["twin_accuracies"][0] == twins[0]["scratch_accuracy"]
     assert row["family_accuracy"] == twins[0]["family_accuracy"]
     from benchmarks.training import twin_path
@@ -161,6 +163,20 @@ def test_a_twins_cache_key_is_unchanged_for_seed_0_and_differs_per_seed(tmp_path
     assert twin_path(True, tmp_path, "bl", recipe, 0) == twin_path(True, tmp_path, "bl", recipe)
     seeded = {twin_path(True, tmp_path, "bl", recipe, s) for s in (0, 1, 2)}
     assert len(seeded) == 3
+
+
+def test_a_result_records_the_whole_command_with_a_modules_own_options(tmp_path, monkeypatch):
+    """A module with its own options hands `main` the rest; the result still records every
+    option typed, or its command would not rerun it."""
+    from benchmarks import member_finetune
+
+    seen = {}
+    monkeypatch.setattr(member_finetune, "run",
+                        lambda quick, out_dir, **kw: seen.update(kw) or {"headline": {}})
+    argv = ["--quick", "--finetune", "m0", "--steps", "7", "--out", str(tmp_path)]
+    assert member_finetune.cli(argv) == 0
+    assert seen["command"] == "python -m benchmarks.member_finetune " + " ".join(argv)
+    assert (seen["members"], seen["steps"]) == ("m0", 7)
 
 
 def test_a_figure_alone_creates_its_output_folder(tmp_path):
