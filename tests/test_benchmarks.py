@@ -110,9 +110,10 @@ def test_quick_run_all_writes_every_figure(tmp_path):
 
     assert twin_spread.cli(["--quick", "--out", str(tmp_path), "--names", "m0",
                             "--seeds", "1,0"]) == 0
-    (row,) = json.loads((tmp_path / "twin_spread.json").read_text())["results"]["members"]
+    spread_doc = json.loads((tmp_path / "twin_spread.json").read_text())
+    (row,) = spread_doc["results"]["members"]
     assert row["seeds"] == [0, 1]
-    assert json.loads((tmp_path / "twin_spread.json").read_text())["command"].endswith(
+    assert spread_doc["command"].endswith(
         f"--quick --out {tmp_path} --names m0 --seeds 1,0")  # reruns as it ran
     assert row["twin_accuracies"][0] == twins[0]["scratch_accuracy"]
     assert row["family_accuracy"] == twins[0]["family_accuracy"]

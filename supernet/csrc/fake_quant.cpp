@@ -202,9 +202,10 @@ HWNAS_CLONES void backward_chunk(const T* g, const T* x, T* gx, int64_t n, const
 // per step and every bit-width of the mix in that step, so each element is read and written
 // once. Each float value is the scalar loops' float ops in their order (no contraction), and
 // the sums take the same exact double products into the same lanes (element i into lane
-// i mod 8) in the same order, so the results are the scalar loops' bit for bit. A mix of NB bit-widths (1 to 4, else any) has
-// its loop unrolled. (Float products summed in float runs made the backward about 1.6× faster
-// still, but missed the reference's gradients by more than 1e-6.)
+// i mod 8) in the same order, so the results are the scalar loops' bit for bit. A mix of NB
+// bit-widths (1 to 4, else any) has its loop unrolled. (Float products summed in float runs
+// made the backward about 1.6× faster still, but missed the reference's gradients by more
+// than 1e-6.)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HWNAS_AVX2 1
 #define HWNAS_AVX2_FN __attribute__((target("avx2,fma")))
