@@ -145,12 +145,13 @@ def probe_times(table: CostTable, space: SearchSpace) -> dict[str, float]:
 
 
 def check_host(table: CostTable, space: SearchSpace,
-               measure: Callable[[CostTable, SearchSpace], dict[str, float]] = probe_times
+               measure: Callable[[CostTable, SearchSpace], dict[str, float]] | None = None
                ) -> HostCheck:
     """Whether ``table`` describes this host: same CPU / GPU, and the probe within ±10%.
 
     Tables that are not measurements (analytic, imported) are not about any host: never
-    foreign. ``measure`` re-times the probe signatures (injectable for tests).
+    foreign. ``measure`` re-times the probe signatures: `probe_times` unless given, looked up
+    when called (so a test can stub it for every caller).
     """
     m = table.meta
     if m.method != "measured":
@@ -163,7 +164,7 @@ def check_host(table: CostTable, space: SearchSpace,
         if m.host.get(key) != here[key]:
             return HostCheck(True, f"measured on {key} {m.host.get(key)!r}, this host has "
                                    f"{here[key]!r}")
-    times = measure(table, space)
+    times = (measure or probe_times)(table, space)
     ratios = [times[k] / m.probe[k] for k in m.probe if m.probe[k] > 0]
     ratio = statistics.median(ratios) if ratios else float("nan")
     if not abs(ratio - 1.0) <= DRIFT:
@@ -182,7 +183,6 @@ def require_host(table: CostTable, space: SearchSpace, space_file: str | None,
     table option: the line then says how to pass the rebuilt table, or that this host's own
     table is already in ``runs/tables/`` (the quick start builds it there). ``measure``:
     `probe_times` unless given."""
-    measure = measure or probe_times
     verdict = check_host(table, space, measure)
     if verdict.foreign and not allow_foreign:
         out = cache_path(space, table.meta.target, table.meta.threads)
@@ -193,7 +193,7 @@ def require_host(table: CostTable, space: SearchSpace, space_file: str | None,
 
 
 def _describes_host(path: Path, other: CostTable, space: SearchSpace,
-                    measure: Callable[[CostTable, SearchSpace], dict[str, float]]) -> bool:
+                    measure: Callable[[CostTable, SearchSpace], dict[str, float]] | None) -> bool:
     """Whether ``path`` holds a table for ``space`` other than ``other`` that describes this
     host."""
     if not path.is_file():

@@ -94,7 +94,7 @@ def test_check_stops_on_a_foreign_table_and_writes_under_runs(measured, tmp_path
 
 
 def test_quickstart_builds_this_hosts_table_when_its_table_is_foreign(measured, tmp_path,
-                                                                      capsys):
+                                                                      capsys, monkeypatch):
     host = {**measured.meta.host, "cpu": "Imaginary CPU 9000"}
     foreign = CostTable(measured.entries, replace(measured.meta, host=host),
                         measured.overhead).save(tmp_path / "foreign.json")
@@ -107,6 +107,8 @@ def test_quickstart_builds_this_hosts_table_when_its_table_is_foreign(measured, 
     assert "does not describe this host (measured on cpu 'Imaginary CPU 9000'" in out
     assert "building this host's table" in out
     # the next run reuses this host's table and says so, without claiming to build it again
+    # (its reference layers probed as recorded: a busy box must not make it look foreign)
+    monkeypatch.setattr("costmodels.host.probe_times", lambda t, space: dict(t.meta.probe))
     assert ensure_table(TINY, foreign, cache_root=tmp_path / "runs" / "tables",
                         progress=False) == got
     out = capsys.readouterr().out
